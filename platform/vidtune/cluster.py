@@ -1,0 +1,25 @@
+"""Connecting to Ray: an existing cluster when the job names one, else a local Ray for this process."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from vidtune.config import RayConfig
+
+
+def local_cpus() -> int:
+    # Data stages and training workers each hold logical CPUs; with a budget equal to the physical cores
+    # a TorchTrainer plus a Ray Data stage deadlock (ray 2.60 on 2 cores), so oversubscribe 2x, at least 4.
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Start or join Ray once per process; later stages of the same run reuse the connection."""
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.num_cpus or local_cpus(), include_dashboard=False, log_to_driver=True)

@@ -1,0 +1,241 @@
+"""Job files: pydantic models for every section, YAML loading and ``--set`` overrides.
+
+A job file says *what* to run (``jobs/demo.yaml`` is the embedded default). It is validated as a whole
+before any stage starts, so a typo in the last section fails in a second instead of after an hour of
+decoding. Every model forbids unknown keys: a misspelt key is an error naming its path, never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+STAGES = ("prepare", "mix")
+
+
+class JobFileError(ValueError):
+    """An invalid job file: every problem with its key path and the reason."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {key or '(top level)'}: {reason}" for key, reason in problems)
+        super().__init__(f"invalid job file {source}:\n{lines}")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Section):
+    """Where datasets, checkpoints and models live: a local folder or ``s3://bucket/prefix``.
+
+    Credentials never go in the job file: S3 reads them from the usual AWS environment variables.
+    """
+
+    root: str = "./vidtune-data"
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, Ceph, ...)")
+
+
+class TrackingConfig(Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = Field(None, description="defaults to the job's name")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="an existing cluster ('auto', 'ray://...'); none: start a local Ray")
+    # Logical CPUs for a local Ray. Data stages and training workers each hold CPUs, and a budget equal to
+    # the physical cores can deadlock them (see docs/architecture.md), so the local default oversubscribes.
+    num_cpus: PositiveInt | None = None
+
+
+class SamplingConfig(Section):
+    """Which frames of a video become the clip.
+
+    ``uniform``: the middle frame of each of ``frames`` equal segments (T2Vid's rule).
+    ``fps``: one frame every ``1/fps`` seconds, at most ``max_frames`` (spread uniformly beyond that).
+    ``snap_keyframes``: move each chosen time to the keyframe at or before it; much faster, less exact.
+    """
+
+    strategy: Literal["uniform", "fps"] = "uniform"
+    frames: PositiveInt = 24
+    fps: PositiveFloat = 1.0
+    max_frames: PositiveInt = 64
+    snap_keyframes: bool = False
+
+
+class VideoDatasetConfig(Section):
+    """One manifest (or several) of video instructions, prepared into one named dataset."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    manifest: str | list[str]
+    format: Literal["auto", "llava", "sharegpt"] = "auto"
+    video_root: str | None = Field(None, description="base for relative video paths (local or s3://)")
+    source: str | None = Field(None, description="the clip's `source` column; defaults to the name")
+
+    @property
+    def manifests(self) -> list[str]:
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
+
+
+class PrepareConfig(Section):
+    datasets: list[VideoDatasetConfig] = Field(min_length=1)
+    sampling: SamplingConfig = SamplingConfig()
+    max_pixels: PositiveInt = Field(448 * 448, description="resize each frame under this budget, same aspect")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    backend: Literal["auto", "pyav", "decord"] = "auto"
+    rows_per_shard: PositiveInt = 256
+    batch_size: PositiveInt = Field(4, description="videos per Ray Data decode task")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs each decode task requests from Ray")
+    contact_sheet_clips: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PrepareConfig:
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+class MixSourceConfig(Section):
+    """Take ``count`` rows, or a ``ratio`` of ``mix.total``, or (neither) every row of a dataset."""
+
+    dataset: str
+    count: PositiveInt | None = None
+    ratio: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> MixSourceConfig:
+        if self.count is not None and self.ratio is not None:
+            raise ValueError("give either count or ratio, not both")
+        return self
+
+
+class MixConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    sources: list[MixSourceConfig] = Field(min_length=1)
+    total: PositiveInt | None = Field(None, description="size of the mix when sources give ratios")
+    seed: int = 0
+    rows_per_shard: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _ratios_need_total(self) -> MixConfig:
+        ratios = [s.ratio for s in self.sources if s.ratio is not None]
+        if ratios and self.total is None:
+            raise ValueError("sources with a ratio need mix.total")
+        if sum(ratios) > 1 + 1e-9:
+            raise ValueError(f"ratios add up to {sum(ratios):g}, more than 1")
+        return self
+
+
+class JobConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    stages: list[Literal["prepare", "mix"]] = Field(default_factory=list, description="what `vidtune run` does")
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+    prepare: PrepareConfig | None = None
+    mix: MixConfig | None = None
+
+    @model_validator(mode="after")
+    def _stages_have_sections(self) -> JobConfig:
+        missing = [s for s in self.stages if getattr(self, s) is None]
+        if missing:
+            raise ValueError(f"stages {missing} are listed but have no section")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def section(self, stage: str) -> Any:
+        """The config of one stage; a clear error if the job file lacks it."""
+        value = getattr(self, stage, None)
+        if value is None:
+            raise JobFileError(f"job '{self.name}'", [(stage, f"this job file has no '{stage}' section")])
+        return value
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested dicts and lists, creating dicts on the way."""
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not re.fullmatch(r"\d+", key) or int(key) >= len(node):
+                raise JobFileError("--set", [(dotted, f"'{key}' is not an index of a list of {len(node)}")])
+            idx = int(key)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise JobFileError("--set", [(dotted, f"'{'.'.join(keys[:i])}' is not a section")])
+        if last:
+            node[key] = value
+        else:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """``section.key=value`` strings; values are YAML (``16``, ``true``, ``[a, b]``, ``s3://x``)."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise JobFileError("--set", [(pair, "expected section.key=value")])
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def _loc(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith("function-") or item in ("literal", "list"):
+            continue  # pydantic's internal validator names, not keys the user wrote
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def validate_job(raw: Any, source: str = "<job>") -> JobConfig:
+    if not isinstance(raw, dict):
+        raise JobFileError(source, [("", f"a job file is a mapping of sections, got {type(raw).__name__}")])
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            reason = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                reason = "unknown key (misspelt, or not a setting of this section)"
+            problems.append((_loc(err["loc"]), reason))
+        raise JobFileError(source, problems) from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job file, apply ``--set`` overrides, and validate it all before any work."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobFileError(str(path), [("", "no such file")])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise JobFileError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if isinstance(raw, dict):
+        for key, value in parse_overrides(overrides or []):
+            _set_path(raw, key, value)
+    return validate_job(raw, str(path))

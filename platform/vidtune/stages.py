@@ -1,0 +1,69 @@
+"""The stages a job file can run, by name, and the one-screen summary each prints when it ends.
+
+The CLI (`vidtune STAGE`, `vidtune run`), the Ray job and the tests all go through :func:`run_stage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vidtune.config import JobConfig
+from vidtune.tracking import StageRun, pipeline_run, stage_run
+
+
+def _prepare(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.data.pipelines import prepare
+
+    return prepare(job, tracker)
+
+
+def _mix(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.data.mix import mix
+
+    return mix(job, tracker)
+
+
+STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {"prepare": _prepare, "mix": _mix}
+
+
+def summarize(stage: str, result: Any, tracker: StageRun) -> str:
+    lines = [f"== {stage} done =="]
+    if stage == "prepare":
+        for r in result:
+            i = r.info
+            lines.append(
+                f"  {i.name}: {r.videos_in} videos in -> {i.rows} clips, {i.errors} errors, {i.frames} frames "
+                f"in {r.seconds:.1f}s ({r.frames_per_s:.1f} frames/s, {r.videos_per_s:.2f} videos/s)"
+            )
+            lines.append(f"    shards: {i.uri}/shards/ ({len(i.shards)} files)")
+            if i.errors:
+                lines.append(f"    errors: {i.errors_uri}")
+    elif stage == "mix":
+        i = result.info
+        lines.append(f"  {i.name}: {i.rows} clips in {result.seconds:.1f}s -> {i.uri}/shards/")
+        for p in result.parts:
+            lines.append(f"    {p.dataset}: took {p.taken} of {p.available} ({p.duplicates} duplicate ids skipped)")
+    lines.append(f"  MLflow: {tracker.url}")
+    return "\n".join(lines)
+
+
+def run_stage(job: JobConfig, stage: str, echo: Callable[[str], None] = print) -> Any:
+    """Run one stage in its own MLflow run and print its summary."""
+    job.section(stage)  # a clear error before any work when the section is missing
+    with stage_run(job, stage) as tracker:
+        result = STAGES[stage](job, tracker)
+        echo(summarize(stage, result, tracker))
+    return result
+
+
+def run_pipeline(job: JobConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``vidtune run``: the stages the job lists, in order, each nested under one pipeline run."""
+    if not job.stages:
+        raise ValueError(f"job '{job.name}' lists no stages; add e.g. `stages: [prepare, mix]`")
+    results = {}
+    with pipeline_run(job) as parent:
+        for stage in job.stages:
+            results[stage] = run_stage(job, stage, echo)
+        echo(f"== pipeline '{job.name}' done: {', '.join(job.stages)} ==\n  MLflow: {parent.url}")
+    return results
