@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -235,25 +236,19 @@ class DecordReader(FrameReader):
 
         if not isinstance(source, str):
             source = io.BytesIO(source.read())
+        if isinstance(source, str) and not os.path.exists(source):
+            raise VideoDecodeError("missing: no such file")
         try:
             vr = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=self.threads)
-        except FileNotFoundError:
-            raise VideoDecodeError("missing: no such file") from None
-        except decord.DECORDError as exc:
-            text = str(exc).splitlines()[0][:200]
-            if "No such file" in text or "ERROR opening" in text and isinstance(source, str):
-                import os
-
-                if not os.path.exists(source):
-                    raise VideoDecodeError("missing: no such file") from None
-            raise VideoDecodeError(f"undecodable: {text}") from None
+        except (decord.DECORDError, RuntimeError) as exc:
+            raise VideoDecodeError(f"undecodable: {str(exc).splitlines()[0][:200]}") from None
         first = vr[0].shape if len(vr) else (0, 0)
         meta = VideoMeta(num_frames=len(vr), fps=float(vr.get_avg_fps()), width=first[1], height=first[0])
         wanted = self._choose(sampling, meta)
         indices = snap_to_keyframes(wanted, list(vr.get_key_indices())) if sampling.snap_keyframes else wanted
         try:
             batch = vr.get_batch(indices).asnumpy()
-        except decord.DECORDError as exc:
+        except (decord.DECORDError, RuntimeError) as exc:
             raise VideoDecodeError(f"truncated: {str(exc).splitlines()[0][:200]}") from None
         w, h = fit_pixels(meta.width, meta.height, max_pixels)
         frames = [_resize(f, w, h) for f in batch]

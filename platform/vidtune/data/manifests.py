@@ -137,16 +137,12 @@ def read_manifest(
         except json.JSONDecodeError as exc:
             raise ValueError(f"{uri}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     else:
-        entries = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                yield ManifestError(f"{uri}:{n}", f"invalid JSON: {exc.msg} (column {exc.colno})")
+        entries = _jsonl_entries(text)
     for n, obj in entries:
         origin = f"{uri}:{n}"
+        if isinstance(obj, json.JSONDecodeError):
+            yield ManifestError(origin, f"invalid JSON: {obj.msg} (column {obj.colno})")
+            continue
         try:
             sample_id, video, messages = parse_sample(obj, fmt)
         except ValueError as exc:
@@ -154,3 +150,13 @@ def read_manifest(
             yield ManifestError(origin, str(exc), got_id)
             continue
         yield ManifestRecord(sample_id, resolve(video, video_root), messages, origin)
+
+
+def _jsonl_entries(text: str) -> Iterator[tuple[int, Any]]:
+    """(line, entry) per non-blank line; a line that is not JSON gives its decode error as the entry."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, exc

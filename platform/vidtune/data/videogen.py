@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -74,13 +75,20 @@ def frame_index_of(rgb: np.ndarray, width: int | None = None) -> int:
     return value
 
 
-def write_video(path: str | Path, spec: VideoSpec, *, codec: str = "libx264", preset: str = "ultrafast") -> Path:
-    """Encode ``spec`` as an H.264 (or ``codec``) file with a keyframe exactly every ``keyframe_interval``."""
+def write_video(
+    path: str | Path, spec: VideoSpec, *, codec: str = "libx264", preset: str = "ultrafast", faststart: bool = False
+) -> Path:
+    """Encode ``spec`` as an H.264 (or ``codec``) file with a keyframe exactly every ``keyframe_interval``.
+
+    ``faststart`` puts the MP4 index first, as streaming sites do; cutting such a file short leaves a
+    video that opens but ends early (a truncated download).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fps = spec.fps if float(spec.fps).is_integer() else spec.fps
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=int(fps) if float(fps).is_integer() else fps)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
+        rate = Fraction(spec.fps).limit_denominator(1001)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = spec.width, spec.height
         stream.pix_fmt = "yuv420p"
         g = str(spec.keyframe_interval)

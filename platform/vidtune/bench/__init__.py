@@ -1,0 +1,1 @@
+"""Benchmarks that put vidtune's components side by side with the alternatives (``vidtune bench``)."""

@@ -1,0 +1,66 @@
+"""Job files: validation names the key path and the reason; --set overrides any key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from vidtune.config import JobFileError, load_job
+
+GOOD = """
+name: demo
+stages: [prepare]
+prepare:
+  sampling: {frames: 8}
+  datasets:
+    - {name: a, manifest: m.json}
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    job = load_job(write(tmp_path, GOOD), ["prepare.sampling.frames=16", "storage.root=s3://b/x",
+                                           "prepare.datasets.0.video_root=/videos", "ray.num_cpus=6"])
+    assert job.prepare.sampling.frames == 16
+    assert job.prepare.sampling.strategy == "uniform"
+    assert job.storage.root == "s3://b/x"
+    assert job.prepare.datasets[0].video_root == "/videos"
+    assert job.tracking.uri == "sqlite:///mlflow.db"
+    assert job.experiment == "demo"
+    assert job.ray.num_cpus == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "key", "words"),
+    [
+        (GOOD.replace("frames: 8", "frames: -1"), [], "prepare.sampling.frames", "greater than 0"),
+        (GOOD.replace("frames: 8", "frame: 8"), [], "prepare.sampling.frame", "unknown key"),
+        (GOOD, ["prepare.sampling.strategy=random"], "prepare.sampling.strategy", "'uniform' or 'fps'"),
+        (GOOD, ["prepare.datasets.0.name=bad name"], "prepare.datasets[0].name", "pattern"),
+        (GOOD.replace("stages: [prepare]", "stages: [prepare, mix]"), [], "", "no section"),
+        (GOOD + "mix: {name: m, sources: [{dataset: a, ratio: 0.5}]}\n", [], "mix", "mix.total"),
+        ("name: x\nprepare: [\n", [], "line", "not valid YAML"),
+    ],
+)
+def test_invalid_job_names_key_and_reason(tmp_path, text, overrides, key, words):
+    with pytest.raises(JobFileError) as err:
+        load_job(write(tmp_path, text), overrides)
+    message = str(err.value)
+    assert any(k.startswith(key) for k, _ in err.value.problems), message
+    assert words in message
+
+
+def test_cli_rejects_invalid_job_before_any_work(tmp_path):
+    """Exit code 2 and the key path on stderr, without starting Ray or MLflow."""
+    job = write(tmp_path, GOOD.replace("frames: 8", "frames: zero"))
+    proc = subprocess.run([sys.executable, "-m", "vidtune", "prepare", str(job)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "prepare.sampling.frames" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "vidtune-data").exists()
