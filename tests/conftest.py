@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from vidtune.config import validate_job
 from vidtune.data.videogen import VideoSpec, color_sequence, write_video
-
 
 # S3 credentials come from the environment, as on a cluster; set before Ray starts so its workers inherit
 # them (the moto server accepts any key).
@@ -32,7 +30,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
-
     from vidtune.cluster import local_cpus
 
     if not ray.is_initialized():
@@ -46,8 +43,9 @@ def s3_endpoint():
     """A moto S3 server on loopback; credentials through the environment, as on a real cluster."""
     port = _free_port()
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -87,21 +85,39 @@ VIDEOS = [
 def video_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("videos")
     for name, frames, gop, colors in VIDEOS:
-        write_video(root / name, VideoSpec(frames=frames, fps=30, width=160, height=120,
-                                           keyframe_interval=gop, colors=color_sequence(colors)))
+        write_video(
+            root / name,
+            VideoSpec(
+                frames=frames,
+                fps=30,
+                width=160,
+                height=120,
+                keyframe_interval=gop,
+                colors=color_sequence(colors),
+            ),
+        )
     (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
     (root / "empty.mp4").write_bytes(b"")
     # Index first, then cut: opens fine, ends before its header says (a broken download).
-    write_video(root / "whole.mp4", VideoSpec(frames=120, fps=30, width=160, height=120, keyframe_interval=30),
-                faststart=True)
+    write_video(
+        root / "whole.mp4",
+        VideoSpec(frames=120, fps=30, width=160, height=120, keyframe_interval=30),
+        faststart=True,
+    )
     full = (root / "whole.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(full[: len(full) // 2])
     return root
 
 
 def llava_entry(i: str, video: str, answer: str = "red") -> dict:
-    return {"id": i, "video": video, "conversations": [
-        {"from": "human", "value": "<video>\nWhich colour comes first?"}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": i,
+        "video": video,
+        "conversations": [
+            {"from": "human", "value": "<video>\nWhich colour comes first?"},
+            {"from": "gpt", "value": answer},
+        ],
+    }
 
 
 @pytest.fixture()
@@ -109,8 +125,11 @@ def make_job(tmp_path):
     """Build a validated job from sections; storage and MLflow live in the test's folder."""
 
     def make(**sections):
-        raw = {"name": "t", "storage": {"root": str(tmp_path / "data")},
-               "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+        raw = {
+            "name": "t",
+            "storage": {"root": str(tmp_path / "data")},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        }
         raw.update(sections)
         return validate_job(raw)
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from vidtune.config import JobFileError, load_job
 
 GOOD = """
@@ -24,8 +23,15 @@ def write(tmp_path, text):
 
 
 def test_defaults_and_overrides(tmp_path):
-    job = load_job(write(tmp_path, GOOD), ["prepare.sampling.frames=16", "storage.root=s3://b/x",
-                                           "prepare.datasets.0.video_root=/videos", "ray.num_cpus=6"])
+    job = load_job(
+        write(tmp_path, GOOD),
+        [
+            "prepare.sampling.frames=16",
+            "storage.root=s3://b/x",
+            "prepare.datasets.0.video_root=/videos",
+            "ray.num_cpus=6",
+        ],
+    )
     assert job.prepare.sampling.frames == 16
     assert job.prepare.sampling.strategy == "uniform"
     assert job.storage.root == "s3://b/x"
@@ -58,8 +64,13 @@ def test_invalid_job_names_key_and_reason(tmp_path, text, overrides, key, words)
 def test_cli_rejects_invalid_job_before_any_work(tmp_path):
     """Exit code 2 and the key path on stderr, without starting Ray or MLflow."""
     job = write(tmp_path, GOOD.replace("frames: 8", "frames: zero"))
-    proc = subprocess.run([sys.executable, "-m", "vidtune", "prepare", str(job)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidtune", "prepare", str(job)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "prepare.sampling.frames" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from vidtune.config import SamplingConfig
 from vidtune.data.decode import VideoDecodeError, fit_pixels, make_reader
 from vidtune.data.sampling import fps_indices, snap_to_keyframes, uniform_indices
@@ -47,7 +46,9 @@ def test_exact_frames_are_the_sampled_ones(video_dir, backend, strategy):
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
 def test_keyframe_snapping_returns_keyframes(video_dir, backend):
-    clip = make_reader(backend).read(str(video_dir / "a.mp4"), SamplingConfig(frames=6, snap_keyframes=True), 10**6)
+    clip = make_reader(backend).read(
+        str(video_dir / "a.mp4"), SamplingConfig(frames=6, snap_keyframes=True), 10**6
+    )
     assert clip.indices == snap_to_keyframes(uniform_indices(90, 6), list(range(0, 90, 15)))
     assert [frame_index_of(f, 160) for f in clip.frames] == clip.indices
 

@@ -3,25 +3,53 @@
 import json
 
 import pytest
-
 from vidtune.data.manifests import ManifestError, ManifestRecord, parse_sample, read_manifest
 
 
 def test_llava_and_sharegpt_give_the_same_messages():
-    llava = {"id": 1, "video": "v.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat?"},
-                                                          {"from": "gpt", "value": "A cat."}]}
-    sharegpt = {"id": "1", "videos": ["v.mp4"], "messages": [{"role": "user", "content": "<video>\nWhat?"},
-                                                             {"role": "assistant", "content": "A cat."}]}
-    assert parse_sample(llava) == parse_sample(sharegpt) == (
-        "1", "v.mp4", [{"role": "user", "content": "<video>\nWhat?"}, {"role": "assistant", "content": "A cat."}])
+    llava = {
+        "id": 1,
+        "video": "v.mp4",
+        "conversations": [{"from": "human", "value": "<video>\nWhat?"}, {"from": "gpt", "value": "A cat."}],
+    }
+    sharegpt = {
+        "id": "1",
+        "videos": ["v.mp4"],
+        "messages": [
+            {"role": "user", "content": "<video>\nWhat?"},
+            {"role": "assistant", "content": "A cat."},
+        ],
+    }
+    assert (
+        parse_sample(llava)
+        == parse_sample(sharegpt)
+        == (
+            "1",
+            "v.mp4",
+            [{"role": "user", "content": "<video>\nWhat?"}, {"role": "assistant", "content": "A cat."}],
+        )
+    )
 
 
 def test_missing_placeholder_is_added_and_image_alias_mapped():
-    _, _, msgs = parse_sample({"id": "x", "video": "v.mp4", "conversations": [
-        {"from": "human", "value": "Describe it."}, {"from": "gpt", "value": "ok"}]})
+    _, _, msgs = parse_sample(
+        {
+            "id": "x",
+            "video": "v.mp4",
+            "conversations": [{"from": "human", "value": "Describe it."}, {"from": "gpt", "value": "ok"}],
+        }
+    )
     assert msgs[0]["content"] == "<video>\nDescribe it."
-    _, _, msgs = parse_sample({"id": "x", "video": "v.mp4", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "ok"}]})
+    _, _, msgs = parse_sample(
+        {
+            "id": "x",
+            "video": "v.mp4",
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe it."},
+                {"from": "gpt", "value": "ok"},
+            ],
+        }
+    )
     assert msgs[0]["content"] == "<video>\nDescribe it."
 
 
@@ -32,8 +60,17 @@ def test_missing_placeholder_is_added_and_image_alias_mapped():
         ({"id": "x", "video": "v", "conversations": [{"from": "human", "value": "hi"}]}, "no assistant"),
         ({"id": "x", "video": "v", "conversations": [{"from": "bot", "value": "hi"}]}, "unknown role"),
         ({"id": "x", "videos": ["a", "b"], "messages": []}, "one video per sample"),
-        ({"id": "x", "video": "v", "conversations": [{"from": "human", "value": "<video><video>"},
-                                                     {"from": "gpt", "value": "a"}]}, "one <video>"),
+        (
+            {
+                "id": "x",
+                "video": "v",
+                "conversations": [
+                    {"from": "human", "value": "<video><video>"},
+                    {"from": "gpt", "value": "a"},
+                ],
+            },
+            "one <video>",
+        ),
     ],
 )
 def test_bad_entries_say_why(entry, words):
@@ -42,8 +79,11 @@ def test_bad_entries_say_why(entry, words):
 
 
 def test_jsonl_bad_lines_reported_with_file_and_line(tmp_path):
-    good = {"id": "a", "video": "a.mp4", "conversations": [{"from": "human", "value": "<video>q"},
-                                                           {"from": "gpt", "value": "r"}]}
+    good = {
+        "id": "a",
+        "video": "a.mp4",
+        "conversations": [{"from": "human", "value": "<video>q"}, {"from": "gpt", "value": "r"}],
+    }
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps(good) + "\n{not json\n\n" + json.dumps({"id": "b"}) + "\n")
     items = list(read_manifest(str(path), video_root="/data"))
@@ -55,8 +95,14 @@ def test_jsonl_bad_lines_reported_with_file_and_line(tmp_path):
 
 
 def test_json_array_lines_and_broken_file(tmp_path):
-    entries = [{"id": str(i), "video": f"s3://bucket/{i}.mp4", "conversations": [
-        {"from": "human", "value": "<video>q"}, {"from": "gpt", "value": "r"}]} for i in range(3)]
+    entries = [
+        {
+            "id": str(i),
+            "video": f"s3://bucket/{i}.mp4",
+            "conversations": [{"from": "human", "value": "<video>q"}, {"from": "gpt", "value": "r"}],
+        }
+        for i in range(3)
+    ]
     entries[1]["conversations"] = []
     path = tmp_path / "m.json"
     path.write_text(json.dumps(entries, indent=2))

@@ -11,9 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
-
 from conftest import VIDEOS, llava_entry
+from PIL import Image
 from vidtune.data.sampling import uniform_indices
 from vidtune.data.schema import validate
 from vidtune.data.shards import load_info, read_errors, shard_paths
@@ -21,8 +20,12 @@ from vidtune.data.videogen import frame_index_of
 from vidtune.stages import run_stage
 from vidtune.storage import Storage
 
-BAD = {"corrupt": ("corrupt.mp4", "undecodable"), "empty": ("empty.mp4", "empty file"),
-       "truncated": ("truncated.mp4", "truncated"), "missing": ("nope.mp4", "missing")}
+BAD = {
+    "corrupt": ("corrupt.mp4", "undecodable"),
+    "empty": ("empty.mp4", "empty file"),
+    "truncated": ("truncated.mp4", "truncated"),
+    "missing": ("nope.mp4", "missing"),
+}
 
 
 def write_manifest(path, video_root_prefix=""):
@@ -36,8 +39,13 @@ def write_manifest(path, video_root_prefix=""):
 
 
 def prepare_section(manifest, video_root, **extra):
-    return {"sampling": {"frames": 8}, "max_pixels": 80 * 60, "rows_per_shard": 2,
-            "datasets": [{"name": "clips", "manifest": manifest, "video_root": video_root}], **extra}
+    return {
+        "sampling": {"frames": 8},
+        "max_pixels": 80 * 60,
+        "rows_per_shard": 2,
+        "datasets": [{"name": "clips", "manifest": manifest, "video_root": video_root}],
+        **extra,
+    }
 
 
 def read_clips(storage: Storage, name: str) -> pa.Table:
@@ -55,9 +63,14 @@ def prepared(tmp_path_factory, video_dir, ray_local):
     write_manifest(tmp / "m.jsonl")
     from vidtune.config import validate_job
 
-    job = validate_job({"name": "prep", "storage": {"root": str(tmp / "data")},
-                        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
-                        "prepare": prepare_section(str(tmp / "m.jsonl"), str(video_dir))})
+    job = validate_job(
+        {
+            "name": "prep",
+            "storage": {"root": str(tmp / "data")},
+            "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
+            "prepare": prepare_section(str(tmp / "m.jsonl"), str(video_dir)),
+        }
+    )
     lines: list[str] = []
     results = run_stage(job, "prepare", echo=lines.append)
     return job, results[0], "\n".join(lines), tmp
@@ -69,7 +82,7 @@ def test_right_frames_in_shards(prepared):
     assert result.info.rows == 3 and result.videos_in == 7
     clips = validate(read_clips(storage, "clips"))
     assert clips["id"].to_pylist() == ["a", "b", "c"]
-    for row, (_, frames, gop, _) in zip(clips.to_pylist(), VIDEOS, strict=True):
+    for row, (_, frames, _gop, _) in zip(clips.to_pylist(), VIDEOS, strict=True):
         pictures = [Image.open(io.BytesIO(b)) for b in row["frames"]]
         assert all(p.format == "JPEG" and p.size == (80, 60) for p in pictures)
         assert [frame_index_of(np.asarray(p), 160) for p in pictures] == uniform_indices(frames, 8)
@@ -102,8 +115,9 @@ def test_mlflow_run_has_counts_and_contact_sheet(prepared):
     assert run.data.metrics["clips_out"] == 3 and run.data.metrics["errors"] == 5
     assert run.data.metrics["videos_in"] == 7 and run.data.metrics["frames_per_s"] > 0
     assert run.data.params["prepare.sampling.frames"] == "8"
-    sheet = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="contact_sheets/clips.png",
-                                                dst_path=str(tmp / "dl"))
+    sheet = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="contact_sheets/clips.png", dst_path=str(tmp / "dl")
+    )
     img = Image.open(sheet)
     assert img.format == "PNG" and img.width > 300 and img.height > 3 * 60
 
@@ -137,8 +151,10 @@ def test_same_job_on_s3_gives_identical_shards(prepared, video_dir, s3_endpoint,
     for p in video_dir.iterdir():
         s3.put_file(str(p), f"{bucket}/videos/{p.name}")
     s3.pipe_file(f"{bucket}/m.jsonl", write_manifest(None).encode())
-    s3_job = make_job(storage={"root": f"s3://{bucket}/data", "endpoint_url": s3_endpoint},
-                      prepare=prepare_section(f"s3://{bucket}/m.jsonl", f"s3://{bucket}/videos"))
+    s3_job = make_job(
+        storage={"root": f"s3://{bucket}/data", "endpoint_url": s3_endpoint},
+        prepare=prepare_section(f"s3://{bucket}/m.jsonl", f"s3://{bucket}/videos"),
+    )
     result = run_stage(s3_job, "prepare", echo=lambda s: None)[0]
     assert result.info.uri == f"s3://{bucket}/data/datasets/clips"
     assert result.info.rows == 3 and result.info.errors == 5

@@ -25,12 +25,19 @@ def _job(args: argparse.Namespace) -> JobConfig:
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job file (YAML), e.g. jobs/demo.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a key of the job file (repeatable); the value is YAML")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a key of the job file (repeatable); the value is YAML",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidtune", description="Data-efficient fine-tuning of video LLMs on Ray")
+    parser = argparse.ArgumentParser(
+        prog="vidtune", description="Data-efficient fine-tuning of video LLMs on Ray"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for stage, text in STAGE_HELP.items():
         _add_job_args(sub.add_parser(stage, help=text, description=text))
@@ -41,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks, side by side with the alternatives")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    dec = bench_sub.add_parser("decode", help="sampled frames/s: vidtune's decoders against PyAV and read_videos")
-    dec.add_argument("--workdir", default="./vidtune-data/bench", help="where generated test videos are cached")
+    dec = bench_sub.add_parser(
+        "decode", help="sampled frames/s: vidtune's decoders against PyAV and read_videos"
+    )
+    dec.add_argument(
+        "--workdir", default="./vidtune-data/bench", help="where generated test videos are cached"
+    )
     dec.add_argument("--frames", type=int, default=16, help="frames sampled per video")
     dec.add_argument("--quick", action="store_true", help="short videos only (a smoke run, not the figures)")
     dec.add_argument("--no-read-videos", action="store_true", help="skip ray.data.read_videos (slowest)")
@@ -73,8 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench":
             from vidtune.bench.decode import run_decode_bench
 
-            run_decode_bench(args.workdir, frames=args.frames, quick=args.quick,
-                             read_videos=not args.no_read_videos, json_out=args.json)
+            run_decode_bench(
+                args.workdir,
+                frames=args.frames,
+                quick=args.quick,
+                read_videos=not args.no_read_videos,
+                json_out=args.json,
+            )
         elif args.command == "demo-data":
             from vidtune.demo import write_demo_inputs
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 STAGES = ("prepare", "mix")
 
@@ -47,7 +55,9 @@ class TrackingConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="an existing cluster ('auto', 'ray://...'); none: start a local Ray")
+    address: str | None = Field(
+        None, description="an existing cluster ('auto', 'ray://...'); none: start a local Ray"
+    )
     # Logical CPUs for a local Ray. Data stages and training workers each hold CPUs, and a budget equal to
     # the physical cores can deadlock them (see docs/architecture.md), so the local default oversubscribes.
     num_cpus: PositiveInt | None = None
@@ -135,7 +145,9 @@ class MixConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "mix"]] = Field(default_factory=list, description="what `vidtune run` does")
+    stages: list[Literal["prepare", "mix"]] = Field(
+        default_factory=list, description="what `vidtune run` does"
+    )
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()

@@ -30,23 +30,60 @@ def write_demo_inputs(out: str | Path, videos: int = 24, seed: int = 0) -> dict[
     for k in range(videos):
         first, second = pairs[k % len(pairs)]
         name = f"videos/clip-{k:03d}.mp4"
-        spec = VideoSpec(frames=rng.choice([60, 75, 90]), fps=30, width=224, height=160, keyframe_interval=15,
-                         colors=color_sequence([first, second]))
+        spec = VideoSpec(
+            frames=rng.choice([60, 75, 90]),
+            fps=30,
+            width=224,
+            height=160,
+            keyframe_interval=15,
+            colors=color_sequence([first, second]),
+        )
         write_video(out / name, spec)
         question = rng.choice(QUESTIONS)
         if k % 2 == 0:
-            llava.append({"id": f"c{k:03d}", "video": name, "conversations": [
-                {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": first}]})
+            llava.append(
+                {
+                    "id": f"c{k:03d}",
+                    "video": name,
+                    "conversations": [
+                        {"from": "human", "value": f"<video>\n{question}"},
+                        {"from": "gpt", "value": first},
+                    ],
+                }
+            )
         else:
-            sharegpt.append({"messages": [{"role": "user", "content": f"<video>{question}"},
-                                          {"role": "assistant", "content": first}],
-                             "videos": [name], "id": f"c{k:03d}"})
+            sharegpt.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"<video>{question}"},
+                        {"role": "assistant", "content": first},
+                    ],
+                    "videos": [name],
+                    "id": f"c{k:03d}",
+                }
+            )
     # A corrupt video and a missing one: the demo shows them landing in the errors table.
     (out / "videos" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(rng.randbytes(2000)))
-    llava.append({"id": "corrupt", "video": "videos/corrupt.mp4", "conversations": [
-        {"from": "human", "value": "<video>\nWhat is shown?"}, {"from": "gpt", "value": "nothing"}]})
-    sharegpt.append({"id": "missing", "videos": ["videos/missing.mp4"], "messages": [
-        {"role": "user", "content": "<video>What is shown?"}, {"role": "assistant", "content": "nothing"}]})
+    llava.append(
+        {
+            "id": "corrupt",
+            "video": "videos/corrupt.mp4",
+            "conversations": [
+                {"from": "human", "value": "<video>\nWhat is shown?"},
+                {"from": "gpt", "value": "nothing"},
+            ],
+        }
+    )
+    sharegpt.append(
+        {
+            "id": "missing",
+            "videos": ["videos/missing.mp4"],
+            "messages": [
+                {"role": "user", "content": "<video>What is shown?"},
+                {"role": "assistant", "content": "nothing"},
+            ],
+        }
+    )
     paths = {"llava": out / "llava.json", "sharegpt": out / "sharegpt.jsonl"}
     paths["llava"].write_text(json.dumps(llava, indent=1))
     paths["sharegpt"].write_text("".join(json.dumps(r) + "\n" for r in sharegpt))

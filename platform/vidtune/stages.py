@@ -33,7 +33,8 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
         for r in result:
             i = r.info
             lines.append(
-                f"  {i.name}: {r.videos_in} videos in -> {i.rows} clips, {i.errors} errors, {i.frames} frames "
+                f"  {i.name}: {r.videos_in} videos in -> {i.rows} clips, {i.errors} errors, "
+                f"{i.frames} frames "
                 f"in {r.seconds:.1f}s ({r.frames_per_s:.1f} frames/s, {r.videos_per_s:.2f} videos/s)"
             )
             lines.append(f"    shards: {i.uri}/shards/ ({len(i.shards)} files)")
@@ -43,7 +44,9 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
         i = result.info
         lines.append(f"  {i.name}: {i.rows} clips in {result.seconds:.1f}s -> {i.uri}/shards/")
         for p in result.parts:
-            lines.append(f"    {p.dataset}: took {p.taken} of {p.available} ({p.duplicates} duplicate ids skipped)")
+            lines.append(
+                f"    {p.dataset}: took {p.taken} of {p.available} ({p.duplicates} duplicate ids skipped)"
+            )
     lines.append(f"  MLflow: {tracker.url}")
     return "\n".join(lines)
 

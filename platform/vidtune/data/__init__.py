@@ -1,1 +1,1 @@
-"""Data stages: the clip schema, decoding and sampling, manifests, shards, mixing and the Ray Data pipelines."""
+"""Data stages: the clip schema, decoding and sampling, manifests, shards, mixing, Ray Data pipelines."""

@@ -14,9 +14,7 @@ def _thumb(data: bytes, size: int) -> Image.Image:
     return img
 
 
-def contact_sheet(
-    clips: Sequence[dict], *, columns: int = 8, thumb: int = 128, pad: int = 6
-) -> Image.Image:
+def contact_sheet(clips: Sequence[dict], *, columns: int = 8, thumb: int = 128, pad: int = 6) -> Image.Image:
     """One row per clip (``id``, ``frames`` as encoded bytes, ``frame_times``): up to ``columns``
     frames spread over the clip, each labelled with its time, the row with the clip's id."""
     font = ImageFont.load_default(size=12)

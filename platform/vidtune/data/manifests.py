@@ -79,7 +79,9 @@ def _place_video(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     if total == 0:
         first["content"] = f"{PLACEHOLDER}\n{first['content']}"
     elif total > 1 or first["content"].count(PLACEHOLDER) != 1:
-        raise ValueError(f"expected one {PLACEHOLDER} placeholder in the first user turn, found {total} in all")
+        raise ValueError(
+            f"expected one {PLACEHOLDER} placeholder in the first user turn, found {total} in all"
+        )
     return messages
 
 

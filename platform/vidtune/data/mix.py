@@ -53,7 +53,9 @@ def _ids(storage: Storage, info: DatasetInfo) -> list[str]:
     return ids
 
 
-def plan_mix(cfg: MixConfig, ids_by_dataset: dict[str, list[str]]) -> tuple[dict[str, dict[str, int]], list[MixPart]]:
+def plan_mix(
+    cfg: MixConfig, ids_by_dataset: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, int]], list[MixPart]]:
     """Which ids to take from each dataset and their place in the mix: ``{dataset: {id: order}}``.
 
     Sources are taken in the order the job lists them; an id already taken (from an earlier source, or
@@ -144,9 +146,15 @@ def mix(job: JobConfig, tracker: Any) -> MixResult:
         ds.sort(ORDER, boundaries=bounds).drop_columns([ORDER]).write_datasink(sink)
     seconds = time.perf_counter() - started
     composition = [vars(p) for p in parts]
-    info = commit(storage, cfg.name, sink.returns, stage=STAGE, staging=staging,
-                  stats={"seconds": round(seconds, 3), "composition": composition},
-                  config=cfg.model_dump())
+    info = commit(
+        storage,
+        cfg.name,
+        sink.returns,
+        stage=STAGE,
+        staging=staging,
+        stats={"seconds": round(seconds, 3), "composition": composition},
+        config=cfg.model_dump(),
+    )
     tracker.metrics({"rows": info.rows, "duplicates_dropped": sum(p.duplicates for p in parts)})
     tracker.metrics({f"{p.dataset}.taken": p.taken for p in parts})
     tracker.table(composition, "composition.json")

@@ -66,9 +66,18 @@ def decode_videos(
     reader = make_reader(backend)
     rows = []
     for rec in batch.to_pylist():
-        row: dict[str, Any] = {"id": rec["id"], "source": source, "kind": "video",
-                               "messages": json.loads(rec["messages"]), "frames": [], "frame_times": [],
-                               "meta": "{}", "error": None, "error_path": None, "error_stage": None}
+        row: dict[str, Any] = {
+            "id": rec["id"],
+            "source": source,
+            "kind": "video",
+            "messages": json.loads(rec["messages"]),
+            "frames": [],
+            "frame_times": [],
+            "meta": "{}",
+            "error": None,
+            "error_path": None,
+            "error_stage": None,
+        }
         started = time.perf_counter()
         handle = None
         try:
@@ -77,18 +86,31 @@ def decode_videos(
             row["frames"] = [encode_jpeg(f, jpeg_quality) for f in clip.frames]
             row["frame_times"] = clip.times
             h, w = clip.frames[0].shape[:2]
-            row["meta"] = json.dumps({
-                "video": rec["video"], "origin": rec["origin"], "backend": reader.name,
-                "fps": clip.meta.fps, "num_frames": clip.meta.num_frames,
-                "duration": round(clip.meta.duration, 3), "width": clip.meta.width, "height": clip.meta.height,
-                "codec": clip.meta.codec, "frame_size": [w, h], "sampling": sampling,
-                "frame_indices": clip.indices, "decode_seconds": round(time.perf_counter() - started, 4),
-            })
+            row["meta"] = json.dumps(
+                {
+                    "video": rec["video"],
+                    "origin": rec["origin"],
+                    "backend": reader.name,
+                    "fps": clip.meta.fps,
+                    "num_frames": clip.meta.num_frames,
+                    "duration": round(clip.meta.duration, 3),
+                    "width": clip.meta.width,
+                    "height": clip.meta.height,
+                    "codec": clip.meta.codec,
+                    "frame_size": [w, h],
+                    "sampling": sampling,
+                    "frame_indices": clip.indices,
+                    "decode_seconds": round(time.perf_counter() - started, 4),
+                }
+            )
         except VideoDecodeError as exc:
             row.update(error=exc.reason, error_path=rec["video"], error_stage=STAGE)
         except Exception as exc:  # noqa: BLE001 — one bad video must not fail the job
-            row.update(error=f"unexpected {type(exc).__name__}: {exc}"[:500], error_path=rec["video"],
-                       error_stage=STAGE)
+            row.update(
+                error=f"unexpected {type(exc).__name__}: {exc}"[:500],
+                error_path=rec["video"],
+                error_stage=STAGE,
+            )
         finally:
             if handle is not None and not isinstance(handle, str):
                 handle.close()
@@ -107,16 +129,30 @@ def collect_manifests(ds: VideoDatasetConfig, endpoint_url: str | None) -> tuple
     for uri in ds.manifests:
         for item in read_manifest(uri, fmt=ds.format, video_root=ds.video_root, endpoint_url=endpoint_url):
             if isinstance(item, ManifestError):
-                errors.append({"id": item.id, "path": item.origin, "stage": "manifest", "reason": item.reason})
+                errors.append(
+                    {"id": item.id, "path": item.origin, "stage": "manifest", "reason": item.reason}
+                )
                 continue
             assert isinstance(item, ManifestRecord)
             if item.id in seen:
-                errors.append({"id": item.id, "path": item.origin, "stage": "manifest",
-                               "reason": f"duplicate id (first at {seen[item.id]})"})
+                errors.append(
+                    {
+                        "id": item.id,
+                        "path": item.origin,
+                        "stage": "manifest",
+                        "reason": f"duplicate id (first at {seen[item.id]})",
+                    }
+                )
                 continue
             seen[item.id] = item.origin
-            records.append({"id": item.id, "video": item.video, "origin": item.origin,
-                            "messages": json.dumps(item.messages)})
+            records.append(
+                {
+                    "id": item.id,
+                    "video": item.video,
+                    "origin": item.origin,
+                    "messages": json.dumps(item.messages),
+                }
+            )
     return records, errors
 
 
@@ -163,10 +199,20 @@ def prepare_dataset(ds_cfg: VideoDatasetConfig, cfg: PrepareConfig, storage: Sto
     seconds = time.perf_counter() - started
     videos = len(records)
     info = commit(
-        storage, ds_cfg.name, sink.returns, stage=STAGE, extra_errors=manifest_errors, staging=staging,
+        storage,
+        ds_cfg.name,
+        sink.returns,
+        stage=STAGE,
+        extra_errors=manifest_errors,
+        staging=staging,
         stats={"videos_in": videos, "seconds": round(seconds, 3)},
-        config={"dataset": ds_cfg.model_dump(), "sampling": cfg.sampling.model_dump(),
-                "max_pixels": cfg.max_pixels, "jpeg_quality": cfg.jpeg_quality, "backend": cfg.backend},
+        config={
+            "dataset": ds_cfg.model_dump(),
+            "sampling": cfg.sampling.model_dump(),
+            "max_pixels": cfg.max_pixels,
+            "jpeg_quality": cfg.jpeg_quality,
+            "backend": cfg.backend,
+        },
     )
     return PreparedDataset(info, videos, seconds)
 
@@ -178,7 +224,9 @@ def sample_rows(storage: Storage, info: DatasetInfo, n: int) -> list[dict]:
         if len(rows) >= n:
             break
         with storage.fs.open(path, "rb") as f:
-            rows += pq.read_table(f, columns=["id", "frames", "frame_times"]).slice(0, n - len(rows)).to_pylist()
+            rows += (
+                pq.read_table(f, columns=["id", "frames", "frame_times"]).slice(0, n - len(rows)).to_pylist()
+            )
     return rows
 
 
@@ -194,24 +242,28 @@ def prepare(job: JobConfig, tracker: Any) -> list[PreparedDataset]:
         result = prepare_dataset(ds_cfg, cfg, storage)
         info = result.info
         results.append(result)
-        tracker.metrics({
-            f"{info.name}.videos_in": result.videos_in,
-            f"{info.name}.clips_out": info.rows,
-            f"{info.name}.errors": info.errors,
-            f"{info.name}.frames": info.frames,
-            f"{info.name}.frames_per_s": result.frames_per_s,
-            f"{info.name}.videos_per_s": result.videos_per_s,
-        })
+        tracker.metrics(
+            {
+                f"{info.name}.videos_in": result.videos_in,
+                f"{info.name}.clips_out": info.rows,
+                f"{info.name}.errors": info.errors,
+                f"{info.name}.frames": info.frames,
+                f"{info.name}.frames_per_s": result.frames_per_s,
+                f"{info.name}.videos_per_s": result.videos_per_s,
+            }
+        )
         tracker.table(_errors_of(storage, info), f"errors/{info.name}.json")
         if cfg.contact_sheet_clips and info.rows:
             sheet = contact_sheet(sample_rows(storage, info, cfg.contact_sheet_clips))
             tracker.image(sheet, f"contact_sheets/{info.name}.png")
-    tracker.metrics({
-        "videos_in": sum(r.videos_in for r in results),
-        "clips_out": sum(r.info.rows for r in results),
-        "errors": sum(r.info.errors for r in results),
-        "frames_per_s": sum(r.info.frames for r in results) / max(1e-9, sum(r.seconds for r in results)),
-    })
+    tracker.metrics(
+        {
+            "videos_in": sum(r.videos_in for r in results),
+            "clips_out": sum(r.info.rows for r in results),
+            "errors": sum(r.info.errors for r in results),
+            "frames_per_s": sum(r.info.frames for r in results) / max(1e-9, sum(r.seconds for r in results)),
+        }
+    )
     return results
 
 

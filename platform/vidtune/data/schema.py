@@ -80,7 +80,7 @@ def _check_row(row: dict[str, Any]) -> str | None:
 
 
 def validate(table: pa.Table, schema: pa.Schema = CLIP_SCHEMA) -> pa.Table:
-    """Cast ``table`` to ``schema`` and check every row; raise :class:`SchemaError` naming the first bad row."""
+    """Cast ``table`` to ``schema`` and check every row; a :class:`SchemaError` names the first bad one."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise SchemaError(f"missing columns {missing}")

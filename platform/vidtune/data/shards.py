@@ -34,8 +34,12 @@ from vidtune.data.schema import CLIP_SCHEMA, ERRORS_SCHEMA, validate
 from vidtune.storage import Storage
 
 DECODED_SCHEMA = pa.schema(
-    list(CLIP_SCHEMA) + [pa.field("error", pa.string()), pa.field("error_path", pa.string()),
-                         pa.field("error_stage", pa.string())]
+    list(CLIP_SCHEMA)
+    + [
+        pa.field("error", pa.string()),
+        pa.field("error_path", pa.string()),
+        pa.field("error_stage", pa.string()),
+    ]
 )
 
 
@@ -70,7 +74,9 @@ class ClipDatasink(Datasink):
     commits them with :func:`commit` once all tasks are done.
     """
 
-    def __init__(self, storage: StorageConfig, staging: str, rows_per_shard: int, schema: pa.Schema = CLIP_SCHEMA):
+    def __init__(
+        self, storage: StorageConfig, staging: str, rows_per_shard: int, schema: pa.Schema = CLIP_SCHEMA
+    ):
         self.storage_cfg = storage
         self.staging = staging
         self.rows_per_shard = rows_per_shard
@@ -94,8 +100,14 @@ class ClipDatasink(Datasink):
                 failed = pc.invert(pc.is_null(table["error"]))
                 bad = table.filter(failed)
                 for row in bad.select(["id", "error_path", "error_stage", "error"]).to_pylist():
-                    errors.append({"id": row["id"], "path": row["error_path"], "stage": row["error_stage"],
-                                   "reason": row["error"]})
+                    errors.append(
+                        {
+                            "id": row["id"],
+                            "path": row["error_path"],
+                            "stage": row["error_stage"],
+                            "reason": row["error"],
+                        }
+                    )
                 table = table.filter(pc.invert(failed))
             table = validate(table, self.schema)
             fs = storage.arrow_fs()
@@ -165,7 +177,9 @@ def commit(
 
 def load_info(storage: Storage, name: str) -> DatasetInfo:
     if not storage.exists(*dataset_parts(name, "dataset.json")):
-        raise FileNotFoundError(f"no dataset '{name}' under {storage.uri('datasets')} (run the stage that makes it)")
+        raise FileNotFoundError(
+            f"no dataset '{name}' under {storage.uri('datasets')} (run the stage that makes it)"
+        )
     data = json.loads(storage.read_bytes(*dataset_parts(name, "dataset.json")))
     return DatasetInfo(**data)
 

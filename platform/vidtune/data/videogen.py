@@ -76,7 +76,12 @@ def frame_index_of(rgb: np.ndarray, width: int | None = None) -> int:
 
 
 def write_video(
-    path: str | Path, spec: VideoSpec, *, codec: str = "libx264", preset: str = "ultrafast", faststart: bool = False
+    path: str | Path,
+    spec: VideoSpec,
+    *,
+    codec: str = "libx264",
+    preset: str = "ultrafast",
+    faststart: bool = False,
 ) -> Path:
     """Encode ``spec`` as an H.264 (or ``codec``) file with a keyframe exactly every ``keyframe_interval``.
 
