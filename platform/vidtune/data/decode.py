@@ -168,9 +168,11 @@ class PyAVReader(FrameReader):
         targets = sorted(set(wanted))
         frames = None  # the live decode iterator
         pos = -1  # index of the last decoded frame
-        last_key = None
-        gop: int | None = None  # smallest keyframe spacing seen so far
-        keys_seen: set[int] = set()
+        last_key = None  # the last keyframe decoded
+        run_key = None  # the last keyframe of the current decode run (reset by a seek)
+        # Smallest spacing of two keyframes decoded one after the other. Keyframes reached by separate
+        # seeks are not consecutive, so they say nothing about the GOP and are not used.
+        gop: int | None = None
         for target in targets:
             # Decoding forward is cheaper than a seek only inside the current GOP.
             forward = frames is not None and pos < target and gop is not None and last_key is not None
@@ -178,17 +180,14 @@ class PyAVReader(FrameReader):
             if not forward:
                 self._seek(container, stream, target, meta.fps, start)
                 frames = container.decode(stream)
-                pos = -1
+                pos, run_key = -1, None
             found = None
             for frame in frames:
                 idx = self._index(frame, start, meta.fps)
                 if frame.key_frame:
-                    if idx not in keys_seen:
-                        keys_seen.add(idx)
-                        spacing = [abs(idx - k) for k in keys_seen if k != idx]
-                        if spacing:
-                            gop = min([gop or min(spacing), *spacing])
-                    last_key = idx
+                    if run_key is not None and idx > run_key:
+                        gop = min(gop or idx - run_key, idx - run_key)
+                    last_key = run_key = idx
                 if pos == -1 and idx > target:
                     # The seek landed past the target (a container with a sparse index): start over.
                     container.seek(0, stream=stream, backward=True)
