@@ -5,7 +5,7 @@ import pytest
 from vidtune.config import SamplingConfig
 from vidtune.data.decode import VideoDecodeError, fit_pixels, make_reader
 from vidtune.data.sampling import fps_indices, snap_to_keyframes, uniform_indices
-from vidtune.data.videogen import COLORS, frame_index_of
+from vidtune.data.videogen import COLORS, VideoSpec, frame_index_of, write_video
 
 
 def test_uniform_is_the_middle_of_each_segment():
@@ -42,6 +42,22 @@ def test_exact_frames_are_the_sampled_ones(video_dir, backend, strategy):
     # b.mp4 is green then yellow: the frames come in order
     first, last = clip.frames[0][-10:, :].mean(axis=(0, 1)), clip.frames[-1][-10:, :].mean(axis=(0, 1))
     assert np.abs(first - COLORS["green"]).max() < 30 and np.abs(last - COLORS["yellow"]).max() < 30
+
+
+@pytest.mark.parametrize(
+    ("frames", "gop", "most"),
+    [
+        (300, 250, 375),  # a short clip with a long GOP: within 1.25x of decoding it once (was 4x)
+        (1200, 30, 8 * 30),  # a long video with short GOPs: at most one GOP per sampled frame
+    ],
+)
+def test_exact_reader_decodes_only_what_it_needs(tmp_path, frames, gop, most):
+    """Cost grows with the frames kept, not with the video: counted in decoded frames, not seconds."""
+    spec = VideoSpec(frames=frames, fps=30, width=64, height=48, keyframe_interval=gop)
+    path = write_video(tmp_path / "v.mp4", spec)
+    clip = make_reader("pyav").read(str(path), SamplingConfig(frames=8), 10**6)
+    assert [frame_index_of(f, 64) for f in clip.frames] == uniform_indices(frames, 8)
+    assert clip.decoded <= most
 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])

@@ -15,7 +15,7 @@ from conftest import VIDEOS, llava_entry
 from PIL import Image
 from vidtune.data.sampling import uniform_indices
 from vidtune.data.schema import validate
-from vidtune.data.shards import load_info, read_errors, shard_paths
+from vidtune.data.shards import load_info, read_dataset, read_errors, shard_paths
 from vidtune.data.videogen import frame_index_of
 from vidtune.stages import run_stage
 from vidtune.storage import Storage
@@ -130,6 +130,7 @@ def test_rerun_replaces_shards(prepared):
     assert len(storage.list("datasets", "clips", "shards")) == len(again.info.shards) == 2
     assert set(again.info.shards).isdisjoint(first.info.shards)
     assert read_clips(storage, "clips").num_rows == 3
+    assert read_dataset(storage, "clips").count() == 3  # what later stages read: dataset.json's shards
     assert not storage.list("_staging")
 
 

@@ -22,8 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-STAGES = ("prepare", "mix")
-
 
 class JobFileError(ValueError):
     """An invalid job file: every problem with its key path and the reason."""

@@ -51,6 +51,7 @@ class Clip:
     times: list[float]
     meta: VideoMeta
     requested: list[int] = field(default_factory=list)
+    decoded: int | None = None  # frames the decoder produced to get these (None: backend cannot tell)
 
 
 def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -64,6 +65,7 @@ def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 
 Source = str | IO[bytes]
+Picked = dict[int, tuple[int, np.ndarray]]  # wanted index -> (index actually taken, RGB frame)
 
 
 class FrameReader(ABC):
@@ -133,9 +135,9 @@ class PyAVReader(FrameReader):
             size = fit_pixels(meta.width, meta.height, max_pixels)
             try:
                 if sampling.snap_keyframes:
-                    got = self._keyframes(container, stream, meta, wanted, size)
+                    got, decoded = self._keyframes(container, stream, meta, wanted, size)
                 else:
-                    got = self._exact(container, stream, meta, wanted, size)
+                    got, decoded = self._exact(container, stream, meta, wanted, size)
             except av.error.FFmpegError as exc:
                 raise VideoDecodeError(f"undecodable: {exc.strerror or exc}") from None
         finally:
@@ -147,6 +149,7 @@ class PyAVReader(FrameReader):
             times=[round(i / meta.fps, 4) for i in indices],
             meta=meta,
             requested=wanted,
+            decoded=decoded,
         )
 
     @staticmethod
@@ -161,10 +164,25 @@ class PyAVReader(FrameReader):
         pts = int((start + index / fps) / stream.time_base)
         container.seek(pts, stream=stream, backward=True, any_frame=False)
 
-    def _exact(self, container, stream, meta, wanted, size) -> dict[int, tuple[int, np.ndarray]]:
+    @staticmethod
+    def _forward(live: bool, pos: int, target: int, last_key: int | None, gop: int | None) -> bool:
+        """Decode forward from ``pos`` to ``target`` rather than seek?
+
+        With the GOP known: exactly when the target is inside the current GOP (a seek would decode from
+        its keyframe, at or before ``pos``). Unknown: when the step ahead is no longer than what was
+        decoded since the last keyframe. If a keyframe does lie between, that wastes at most the step;
+        if none does (short clips with long GOPs), it saves decoding the GOP's start again per frame.
+        """
+        if not live or last_key is None or target <= pos:
+            return False
+        if gop is not None:
+            return target < last_key + gop
+        return target - pos <= pos - last_key
+
+    def _exact(self, container, stream, meta, wanted, size) -> tuple[Picked, int]:
         w, h = size
         start = self._start(stream)
-        out: dict[int, tuple[int, np.ndarray]] = {}
+        out: Picked = {}
         targets = sorted(set(wanted))
         frames = None  # the live decode iterator
         pos = -1  # index of the last decoded frame
@@ -173,16 +191,15 @@ class PyAVReader(FrameReader):
         # Smallest spacing of two keyframes decoded one after the other. Keyframes reached by separate
         # seeks are not consecutive, so they say nothing about the GOP and are not used.
         gop: int | None = None
+        decoded = 0
         for target in targets:
-            # Decoding forward is cheaper than a seek only inside the current GOP.
-            forward = frames is not None and pos < target and gop is not None and last_key is not None
-            forward = forward and target < last_key + gop
-            if not forward:
+            if not self._forward(frames is not None, pos, target, last_key, gop):
                 self._seek(container, stream, target, meta.fps, start)
                 frames = container.decode(stream)
                 pos, run_key = -1, None
             found = None
             for frame in frames:
+                decoded += 1
                 idx = self._index(frame, start, meta.fps)
                 if frame.key_frame:
                     if run_key is not None and idx > run_key:
@@ -204,14 +221,14 @@ class PyAVReader(FrameReader):
                 )
             rgb = found.to_ndarray(format="rgb24", width=w, height=h)
             out[target] = (pos, rgb)
-        return out
+        return out, decoded
 
-    def _keyframes(self, container, stream, meta, wanted, size) -> dict[int, tuple[int, np.ndarray]]:
+    def _keyframes(self, container, stream, meta, wanted, size) -> tuple[Picked, int]:
         w, h = size
         start = self._start(stream)
         # The decoder drops every non-key frame: after a seek, the first frame out is the keyframe.
         stream.codec_context.skip_frame = "NONKEY"
-        out: dict[int, tuple[int, np.ndarray]] = {}
+        out: Picked = {}
         cache: dict[int, np.ndarray] = {}
         for target in sorted(set(wanted)):
             self._seek(container, stream, target, meta.fps, start)
@@ -222,7 +239,7 @@ class PyAVReader(FrameReader):
             if idx not in cache:
                 cache[idx] = frame.to_ndarray(format="rgb24", width=w, height=h)
             out[target] = (idx, cache[idx])
-        return out
+        return out, len(set(wanted))
 
 
 class DecordReader(FrameReader):
