@@ -99,6 +99,9 @@ class PrepareConfig(Section):
     rows_per_shard: PositiveInt = 256
     batch_size: PositiveInt = Field(4, description="videos per Ray Data decode task")
     num_cpus: PositiveFloat = Field(1.0, description="CPUs each decode task requests from Ray")
+    concurrency: PositiveInt | None = Field(
+        None, description="most decode tasks at once (default: as CPUs allow)"
+    )
     contact_sheet_clips: int = Field(4, ge=0)
 
     @model_validator(mode="after")

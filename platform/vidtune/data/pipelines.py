@@ -118,6 +118,16 @@ def decode_videos(
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
+class DecodeVideos:
+    """The decode stage's callable class: one per Ray actor, holding its decoder settings."""
+
+    def __init__(self, **settings: Any):
+        self.settings = settings
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return decode_videos(batch, **self.settings)
+
+
 def collect_manifests(ds: VideoDatasetConfig, endpoint_url: str | None) -> tuple[list[dict], list[dict]]:
     """Manifest records ready for Ray, and error rows for lines that cannot become samples.
 
@@ -175,18 +185,25 @@ def prepare_dataset(ds_cfg: VideoDatasetConfig, cfg: PrepareConfig, storage: Sto
     """Decode one manifest set into a committed clip dataset (the Ray Data pipeline)."""
     import ray.data
 
+    from vidtune.cluster import cpu_workers
+
     started = time.perf_counter()
     records, manifest_errors = collect_manifests(ds_cfg, storage.endpoint_url)
     staging = staging_dir(storage, ds_cfg.name)
     sink = ClipDatasink(storage.cfg, staging, cfg.rows_per_shard)
     if records:
         blocks = max(1, math.ceil(len(records) / cfg.batch_size))
+        # Decoders are an actor pool: small batches keep every CPU busy, and since an actor stage is
+        # never fused with the write, the write can gather rows_per_shard rows per shard. (A task stage
+        # would be fused with it and handed rows_per_shard videos per task: one task for a small set.)
+        pool = cfg.concurrency or cpu_workers(cfg.num_cpus)
         clips = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-            decode_videos,
+            DecodeVideos,
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
             num_cpus=cfg.num_cpus,
-            fn_kwargs={
+            compute=ray.data.ActorPoolStrategy(size=min(pool, blocks)),
+            fn_constructor_kwargs={
                 "sampling": cfg.sampling.model_dump(),
                 "max_pixels": cfg.max_pixels,
                 "jpeg_quality": cfg.jpeg_quality,
