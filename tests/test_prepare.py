@@ -138,7 +138,7 @@ def _comparable(table: pa.Table) -> list[dict]:
     rows = table.to_pylist()
     for r in rows:
         meta = json.loads(r.pop("meta"))
-        for volatile in ("video", "origin", "decode_seconds"):
+        for volatile in ("video", "origin", "decode_seconds", "decoded_by"):
             meta.pop(volatile)
         r["meta"] = meta
     return rows
@@ -163,3 +163,18 @@ def test_same_job_on_s3_gives_identical_shards(prepared, video_dir, s3_endpoint,
     remote = read_clips(Storage(s3_job.storage), "clips")
     assert _comparable(remote) == _comparable(local)
     assert s3.exists(f"{bucket}/data/datasets/clips/errors.parquet")
+
+
+def test_videos_spread_over_decoders_while_shards_stay_whole(video_dir, make_job, tmp_path, ray_local):
+    """Small decode batches go to every decoder even when one shard holds all the rows (a write that
+    bundled rows_per_shard videos into one decode task would leave the second decoder idle)."""
+    names = [v[0] for v in VIDEOS] * 2
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps(llava_entry(f"v{i}", n)) + "\n" for i, n in enumerate(names))
+    )
+    section = prepare_section(str(tmp_path / "m.jsonl"), str(video_dir), batch_size=1, concurrency=2)
+    job = make_job(prepare={**section, "rows_per_shard": 256})
+    result = run_stage(job, "prepare", echo=lambda s: None)[0]
+    assert result.info.rows == 6 and len(result.info.shards) == 1
+    metas = [json.loads(m) for m in read_clips(Storage(job.storage), "clips")["meta"].to_pylist()]
+    assert len({m["decoded_by"] for m in metas}) == 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from vidtune.data.shards import DECODED_SCHEMA, ClipDatasink, DatasetInfo, commi
 from vidtune.storage import Storage, filesystem, is_remote
 
 STAGE = "prepare"
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process decoded a clip, for tracing slow nodes
 
 
 def encode_jpeg(rgb: Any, quality: int) -> bytes:
@@ -100,6 +103,8 @@ def decode_videos(
                     "frame_size": [w, h],
                     "sampling": sampling,
                     "frame_indices": clip.indices,
+                    "decoded_frames": clip.decoded,
+                    "decoded_by": WORKER,
                     "decode_seconds": round(time.perf_counter() - started, 4),
                 }
             )
