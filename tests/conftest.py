@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from vidtune.config import validate_job
 from vidtune.data.videogen import VideoSpec, color_sequence, write_video
 
@@ -30,6 +31,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
+
     from vidtune.cluster import local_cpus
 
     if not ray.is_initialized():

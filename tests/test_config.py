@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from vidtune.config import JobFileError, load_job
 
 GOOD = """

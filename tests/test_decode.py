@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from vidtune.config import SamplingConfig
 from vidtune.data.decode import VideoDecodeError, fit_pixels, make_reader
 from vidtune.data.sampling import fps_indices, snap_to_keyframes, uniform_indices

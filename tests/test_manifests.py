@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from vidtune.data.manifests import ManifestError, ManifestRecord, parse_sample, read_manifest
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import llava_entry
 from vidtune.config import MixConfig
 from vidtune.data.mix import MixError, plan_mix

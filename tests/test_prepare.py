@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import VIDEOS, llava_entry
 from PIL import Image
+
+from conftest import VIDEOS, llava_entry
 from vidtune.data.sampling import uniform_indices
 from vidtune.data.schema import validate
 from vidtune.data.shards import load_info, read_dataset, read_errors, shard_paths

@@ -123,27 +123,42 @@ def _json_entries(text: str) -> Iterator[tuple[int, Any]]:
         yield line, obj
 
 
+def entries_of(uri: str, endpoint_url: str | None = None) -> Iterator[tuple[int, Any]]:
+    """(line, entry) of a JSON array or JSONL file; an entry that cannot be read is a ``ValueError``
+    in its place (invalid JSON, or a JSONL line that is not UTF-8), so one bad line costs one row.
+    A JSON array that does not parse as a whole raises, naming its file and line."""
+    with open_uri(uri, "rb", endpoint_url) as f:
+        raw = f.read()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    if raw.lstrip().startswith(b"["):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        try:
+            yield from list(_json_entries(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{uri}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        return
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield n, ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        except json.JSONDecodeError as exc:
+            yield n, ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})")
+
+
 def read_manifest(
     uri: str, *, fmt: str = "auto", video_root: str | None = None, endpoint_url: str | None = None
 ) -> Iterator[ManifestRecord | ManifestError]:
     """Every entry of one manifest, as a record or an error; a file that cannot be read at all raises."""
-    with open_uri(uri, "rb", endpoint_url) as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            entries = list(_json_entries(text))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{uri}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-    else:
-        entries = _jsonl_entries(text)
-    for n, obj in entries:
+    for n, obj in entries_of(uri, endpoint_url):
         origin = f"{uri}:{n}"
-        if isinstance(obj, json.JSONDecodeError):
-            yield ManifestError(origin, f"invalid JSON: {obj.msg} (column {obj.colno})")
+        if isinstance(obj, ValueError):
+            yield ManifestError(origin, str(obj))
             continue
         try:
             sample_id, video, messages = parse_sample(obj, fmt)
@@ -152,13 +167,3 @@ def read_manifest(
             yield ManifestError(origin, str(exc), got_id)
             continue
         yield ManifestRecord(sample_id, resolve(video, video_root), messages, origin)
-
-
-def _jsonl_entries(text: str) -> Iterator[tuple[int, Any]]:
-    """(line, entry) per non-blank line; a line that is not JSON gives its decode error as the entry."""
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, exc

@@ -1,0 +1,129 @@
+"""T2Vid rendering, checked on the pixels: text stays inside the margins, frames are never blank, chunks
+follow the word count, long words and long documents neither crash nor overflow, CJK renders as glyphs."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidtune.data import fonts
+from vidtune.data.longqa import LongQA, read_longqa, split_longalpaca
+from vidtune.data.manifests import ManifestError
+from vidtune.data.t2vid import RenderSettings, chunk_text, render_document, tokens
+
+WORDS = (
+    "the river carried old boats past the mill while children counted them from the bridge; "
+    "nobody knew where they went, but everyone said they'd return before winter"
+).split()
+
+
+def prose(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def ink(png: bytes) -> np.ndarray:
+    """Where the text is: pixels darker than mid-grey."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 128
+
+
+def assert_inside(png: bytes, s: RenderSettings) -> None:
+    mask = ink(png)
+    assert mask.any(), "blank frame"
+    rows, cols = np.nonzero(mask)
+    assert cols.min() >= s.margin and cols.max() < s.width - s.margin, (cols.min(), cols.max())
+    assert rows.min() >= 0 and rows.max() < s.height
+
+
+def test_chunks_are_exact_slices_by_word_count():
+    text = "Don't stop, world! " * 200 + "  The end.\n"
+    chunks = chunk_text(text, 115)
+    assert len(chunks) == -(-len(tokens(text)) // 115)
+    assert all(c in text for c in chunks)  # nothing re-joined: no spaces before punctuation, no split "Don't"
+    assert chunks[0].startswith("Don't stop, world! Don't")
+    assert [t for c in chunks for t in c.split()] == text.split()
+
+
+def test_frames_follow_chunks_and_stay_inside_margins():
+    s = RenderSettings()
+    doc = render_document(prose(1000), s)
+    assert len(doc.frames) == len(doc.chunks) == 9 and doc.words == 1000
+    for png in doc.frames:
+        assert Image.open(io.BytesIO(png)).size == (448, 448)
+        assert_inside(png, s)
+    # the block is centred vertically: as much white above the text as below (within a line)
+    rows = np.nonzero(ink(doc.frames[0]).any(axis=1))[0]
+    assert abs(rows.min() - (s.height - 1 - rows.max())) <= 30
+    # each frame's lines hold the chunk's words in order
+    assert " ".join(doc.lines[0]).split() == doc.chunks[0].split()
+
+
+def test_identical_text_gives_identical_pixels():
+    text = prose(300, seed=3)
+    assert render_document(text).frames == render_document(text).frames
+
+
+def test_a_long_word_is_cut_not_overflowing():
+    s = RenderSettings()
+    doc = render_document("start " + "x" * 400 + " https://example.org/" + "a/b" * 80 + " end", s)
+    for png in doc.frames:
+        assert_inside(png, s)
+    assert doc.lines[0][0].startswith("start")
+
+
+def test_overflowing_chunk_shrinks_then_continues_on_a_new_frame():
+    s = RenderSettings()
+    long_words = " ".join("internationalisation" for _ in range(115))  # far more than one frame holds
+    doc = render_document(long_words, s)
+    assert len(doc.chunks) == 1 and len(doc.frames) > 1
+    assert doc.font_sizes[0] == s.min_font_size
+    assert sum(len(" ".join(lines).split()) for lines in doc.lines) == 115  # no word lost
+    for png in doc.frames:
+        assert_inside(png, s)
+
+
+def test_chinese_renders_as_glyphs():
+    text = "北京是中华人民共和国的首都，也是全国的政治、文化中心。" * 10 + " Beijing."
+    doc = render_document(text)
+    face = next(f for f in fonts.FACES if f.name == doc.font)
+    assert not fonts.missing(face, text)
+    assert doc.font == "noto-sans-cjk"
+    assert_inside(doc.frames[0], RenderSettings())
+    # every CJK character is a word: 270 + 1 words -> 3 chunks of 115
+    assert doc.words == 271 and len(doc.chunks) == 3
+    assert fonts.face_for("plain English").name == "noto-sans"
+
+
+def test_longalpaca_split():
+    doc, q = split_longalpaca(
+        "Below is a paper. Memorize the paper and answer my question after the paper.\n The paper begins. \n"
+        "Deep nets are deep.\nThey learn.\n Now the paper ends. \nWhat do they do?"
+    )
+    assert doc == "Deep nets are deep.\nThey learn." and q == "What do they do?"
+    with pytest.raises(ValueError, match="marker"):
+        split_longalpaca("just a question")
+
+
+def test_read_longqa_rows_and_errors(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    rows = [
+        json.dumps({"id": "a", "context": "Some text.", "question": "Q?", "answer": "A"}).encode(),
+        json.dumps({"id": "b", "context": "", "question": "Q?", "answer": "A"}).encode(),
+        b'{"id": "c", "context": "caf\xe9", "question": "Q?", "answer": "A"}',  # Latin-1, not UTF-8
+    ]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    items = list(read_longqa(str(path)))
+    assert isinstance(items[0], LongQA) and items[0].document == "Some text."
+    assert (
+        isinstance(items[1], ManifestError)
+        and items[1].origin.endswith(":2")
+        and "'context'" in items[1].reason
+    )
+    assert (
+        isinstance(items[2], ManifestError) and items[2].origin.endswith(":3") and "UTF-8" in items[2].reason
+    )
