@@ -15,6 +15,7 @@ from vidtune.config import JobConfig, JobFileError, load_job
 
 STAGE_HELP = {
     "prepare": "decode videos from manifests into clip shards (Ray Data)",
+    "synth": "render long-text QA into T2Vid clips (text as frames, Ray Data)",
     "mix": "combine datasets by counts or ratios into a new dataset",
 }
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--no-read-videos", action="store_true", help="skip ray.data.read_videos (slowest)")
     dec.add_argument("--json", help="also write the results as JSON here")
 
-    demo = sub.add_parser("demo-data", help="generate the demo's videos and manifests")
+    demo = sub.add_parser("demo-data", help="generate the demo's videos, manifests and long-text QA")
     demo.add_argument("--out", default="./vidtune-data/inputs")
     demo.add_argument("--videos", type=int, default=24)
     return parser
@@ -92,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json_out=args.json,
             )
         elif args.command == "demo-data":
-            from vidtune.demo import write_demo_inputs
+            from vidtune.demo import write_demo_inputs, write_demo_text
 
-            paths = write_demo_inputs(args.out, videos=args.videos)
+            paths = {**write_demo_inputs(args.out, videos=args.videos), **write_demo_text(args.out)}
             print("demo inputs: " + ", ".join(str(p) for p in paths.values()))
     except JobFileError as exc:
         print(f"error: {exc}", file=sys.stderr)

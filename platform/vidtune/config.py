@@ -113,6 +113,65 @@ class PrepareConfig(Section):
         return self
 
 
+class RenderConfig(Section):
+    """How T2Vid sets text on frames (the paper's recipe by default)."""
+
+    width: PositiveInt = 448
+    height: PositiveInt = 448
+    font_size: PositiveInt = 20
+    min_font_size: PositiveInt = 12
+    margin: int = Field(20, ge=0, description="side margins, and the least space above and below the text")
+    line_spacing: PositiveFloat = 1.2
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RenderConfig:
+        if self.min_font_size > self.font_size:
+            raise ValueError("min_font_size is larger than font_size")
+        if 2 * self.margin >= min(self.width, self.height):
+            raise ValueError("margins leave no room for text")
+        return self
+
+
+class SynthFiltersConfig(Section):
+    """The paper's filters; a dropped sample lands in the errors table with the reason."""
+
+    max_frames: PositiveInt | None = 90
+    max_question_words: PositiveInt | None = Field(
+        None, description="default per preset: 500 for longalpaca (the paper), none for generic"
+    )
+    max_tokens: PositiveInt | None = Field(
+        None, description="text tokens + frames x visual tokens, estimated"
+    )
+    visual_tokens_per_frame: PositiveInt = Field(169, description="169 for Idefics3, 96 for MiniCPM-V")
+    tokens_per_word: PositiveFloat = 1.3
+
+
+class TextDatasetConfig(Section):
+    """One long-QA file (or several) rendered into one named T2Vid dataset."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    input: str | list[str]
+    preset: Literal["generic", "longalpaca"] = "generic"
+    fields: dict[str, str] = Field(default_factory=dict, description="rename fields: {context: doc, ...}")
+    source: str | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class SynthConfig(Section):
+    datasets: list[TextDatasetConfig] = Field(min_length=1)
+    words_per_frame: PositiveInt = 115
+    render: RenderConfig = RenderConfig()
+    filters: SynthFiltersConfig = SynthFiltersConfig()
+    rows_per_shard: PositiveInt = 256
+    batch_size: PositiveInt = Field(8, description="documents per Ray Data render call")
+    num_cpus: PositiveFloat = 1.0
+    concurrency: PositiveInt | None = None
+    sample_frames: int = Field(8, ge=0, description="rendered frames logged to MLflow as PNGs")
+
+
 class MixSourceConfig(Section):
     """Take ``count`` rows, or a ``ratio`` of ``mix.total``, or (neither) every row of a dataset."""
 
@@ -146,13 +205,14 @@ class MixConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "mix"]] = Field(
+    stages: list[Literal["prepare", "synth", "mix"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     prepare: PrepareConfig | None = None
+    synth: SynthConfig | None = None
     mix: MixConfig | None = None
 
     @model_validator(mode="after")

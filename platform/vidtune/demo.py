@@ -21,6 +21,48 @@ QUESTIONS = [
 ]
 
 
+# Sentences written for the demo (no third-party text): filler around one fact a question asks for.
+FILLER = [
+    "The river ran slowly past the old mill, where the wheel had not turned for many years.",
+    "In the mornings the fishermen checked their nets and talked about the weather.",
+    "A narrow road followed the water to the next village, lined with willows and stone walls.",
+    "The market opened at dawn, and by noon most of the bread and cheese had been sold.",
+    "Children crossed the wooden bridge on their way to school, counting the boats below.",
+    "Every autumn the town held a fair with music, games and a contest for the largest pumpkin.",
+    "The library kept maps of the valley drawn by surveyors more than a century ago.",
+    "Rain came often in spring, and the fields turned green almost overnight.",
+]
+
+
+def write_demo_text(out: str | Path, documents: int = 12, seed: int = 0) -> dict[str, Path]:
+    """Long-text QA for T2Vid: documents of 150-450 words hiding one fact, in the generic form and in
+    LongAlpaca's, plus one row with an empty document (it lands in the errors table)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    colors = list(COLORS)
+    generic, alpaca = [], []
+    for k in range(documents):
+        color = colors[k % len(colors)]
+        sentences = [rng.choice(FILLER) for _ in range(rng.randint(8, 26))]
+        sentences.insert(rng.randrange(len(sentences)), f"The painted door of the ferry house is {color}.")
+        doc = " ".join(sentences)
+        question = "What colour is the door of the ferry house?"
+        if k % 3 == 2:
+            instruction = (
+                "Below is a story. Memorize the story and answer my question after the story.\n"
+                f"The story begins.\n{doc}\nNow the story ends.\n{question}"
+            )
+            alpaca.append({"id": f"t{k:03d}", "instruction": instruction, "output": color})
+        else:
+            generic.append({"id": f"t{k:03d}", "context": doc, "question": question, "answer": color})
+    generic.append({"id": "empty", "context": "", "question": "What is here?", "answer": "nothing"})
+    paths = {"longqa": out / "longqa.jsonl", "longalpaca": out / "longalpaca.json"}
+    paths["longqa"].write_text("".join(json.dumps(r) + "\n" for r in generic))
+    paths["longalpaca"].write_text(json.dumps(alpaca, indent=1))
+    return paths
+
+
 def write_demo_inputs(out: str | Path, videos: int = 24, seed: int = 0) -> dict[str, Path]:
     """Write videos and manifests under ``out``; returns the manifest paths by format."""
     out = Path(out)

@@ -18,13 +18,19 @@ def _prepare(job: JobConfig, tracker: StageRun) -> Any:
     return prepare(job, tracker)
 
 
+def _synth(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.data.synth import synth
+
+    return synth(job, tracker)
+
+
 def _mix(job: JobConfig, tracker: StageRun) -> Any:
     from vidtune.data.mix import mix
 
     return mix(job, tracker)
 
 
-STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {"prepare": _prepare, "mix": _mix}
+STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {"prepare": _prepare, "synth": _synth, "mix": _mix}
 
 
 def summarize(stage: str, result: Any, tracker: StageRun) -> str:
@@ -36,6 +42,18 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
                 f"  {i.name}: {r.videos_in} videos in -> {i.rows} clips, {i.errors} errors, "
                 f"{i.frames} frames "
                 f"in {r.seconds:.1f}s ({r.frames_per_s:.1f} frames/s, {r.videos_per_s:.2f} videos/s)"
+            )
+            lines.append(f"    shards: {i.uri}/shards/ ({len(i.shards)} files)")
+            if i.errors:
+                lines.append(f"    errors: {i.errors_uri}")
+    elif stage == "synth":
+        for r in result:
+            i = r.info
+            dropped = ", ".join(f"{v} {k}" for k, v in sorted(r.dropped.items())) or "none"
+            lines.append(
+                f"  {i.name}: {r.rows_in} documents in -> {i.rows} T2Vid clips ({i.frames} frames), "
+                f"{i.errors} errors (filtered: {dropped}) in {r.seconds:.1f}s "
+                f"({r.frames_per_s:.1f} frames/s, {r.samples_per_s:.2f} samples/s)"
             )
             lines.append(f"    shards: {i.uri}/shards/ ({len(i.shards)} files)")
             if i.errors:

@@ -73,6 +73,13 @@ class StageRun:
     def file(self, path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
+    def artifact_bytes(self, data: bytes, name: str) -> None:
+        """A file made in memory (a rendered PNG) as artifact ``name`` (``dir/file.ext``)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            path.write_bytes(data)
+            mlflow.log_artifact(str(path), str(Path(name).parent) if "/" in name else None)
+
     def table(self, rows: list[dict[str, Any]], name: str) -> None:
         """A small table (errors, composition) as JSON that the MLflow UI shows as a table."""
         if rows:

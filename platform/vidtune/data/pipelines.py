@@ -186,44 +186,62 @@ class PreparedDataset:
         return self.videos_in / self.seconds if self.seconds else 0.0
 
 
-def prepare_dataset(ds_cfg: VideoDatasetConfig, cfg: PrepareConfig, storage: Storage) -> PreparedDataset:
-    """Decode one manifest set into a committed clip dataset (the Ray Data pipeline)."""
+def map_to_shards(
+    storage: Storage, name: str, records: list[dict], worker: type, settings: dict[str, Any], cfg: Any
+) -> tuple[list[dict[str, Any]], str]:
+    """Run ``worker`` (a callable class: records in, clip or error rows out) over ``records`` as a Ray
+    Data actor pool and write its rows into a staging folder; returns what the write tasks staged.
+
+    ``cfg`` gives ``batch_size``, ``num_cpus``, ``concurrency`` and ``rows_per_shard``. Workers are an
+    actor pool, not a task stage: a task stage is fused with the write and handed ``rows_per_shard``
+    rows per task (one task for a small set), while actors keep small batches and shards stay whole.
+    """
     import ray.data
 
     from vidtune.cluster import cpu_workers
 
-    started = time.perf_counter()
-    records, manifest_errors = collect_manifests(ds_cfg, storage.endpoint_url)
-    staging = staging_dir(storage, ds_cfg.name)
+    staging = staging_dir(storage, name)
     sink = ClipDatasink(storage.cfg, staging, cfg.rows_per_shard)
     if records:
         blocks = max(1, math.ceil(len(records) / cfg.batch_size))
-        # Decoders are an actor pool: small batches keep every CPU busy, and since an actor stage is
-        # never fused with the write, the write can gather rows_per_shard rows per shard. (A task stage
-        # would be fused with it and handed rows_per_shard videos per task: one task for a small set.)
         pool = cfg.concurrency or cpu_workers(cfg.num_cpus)
-        clips = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-            DecodeVideos,
+        rows = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
+            worker,
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
             num_cpus=cfg.num_cpus,
             compute=ray.data.ActorPoolStrategy(size=min(pool, blocks)),
-            fn_constructor_kwargs={
-                "sampling": cfg.sampling.model_dump(),
-                "max_pixels": cfg.max_pixels,
-                "jpeg_quality": cfg.jpeg_quality,
-                "backend": cfg.backend,
-                "endpoint_url": storage.endpoint_url,
-                "source": ds_cfg.source or ds_cfg.name,
-            },
+            fn_constructor_kwargs=settings,
         )
-        clips.write_datasink(sink)
+        rows.write_datasink(sink)
+    return sink.returns, staging
+
+
+def prepare_dataset(ds_cfg: VideoDatasetConfig, cfg: PrepareConfig, storage: Storage) -> PreparedDataset:
+    """Decode one manifest set into a committed clip dataset (the Ray Data pipeline)."""
+    started = time.perf_counter()
+    records, manifest_errors = collect_manifests(ds_cfg, storage.endpoint_url)
+    staged, staging = map_to_shards(
+        storage,
+        ds_cfg.name,
+        records,
+        DecodeVideos,
+        {
+            "sampling": cfg.sampling.model_dump(),
+            "max_pixels": cfg.max_pixels,
+            "jpeg_quality": cfg.jpeg_quality,
+            "backend": cfg.backend,
+            "endpoint_url": storage.endpoint_url,
+            "source": ds_cfg.source or ds_cfg.name,
+        },
+        cfg,
+    )
     seconds = time.perf_counter() - started
     videos = len(records)
     info = commit(
         storage,
         ds_cfg.name,
-        sink.returns,
+        staged,
         stage=STAGE,
         extra_errors=manifest_errors,
         staging=staging,
