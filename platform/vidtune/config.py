@@ -172,6 +172,20 @@ class SynthConfig(Section):
     sample_frames: int = Field(8, ge=0, description="rendered frames logged to MLflow as PNGs")
 
 
+class DiversityConfig(Section):
+    """Instruction diversity of committed datasets (see vidtune/data/diversity.py)."""
+
+    datasets: list[str] = Field(min_length=1)
+    model: str = Field(
+        "all-MiniLM-L6-v2", description="sentence-transformers model: packaged name, path, hub id"
+    )
+    max_per_dataset: PositiveInt = Field(2000, description="a seeded sample per dataset beyond this")
+    seed: int = 0
+    batch_size: PositiveInt = 64
+    num_cpus: PositiveFloat = 1.0
+    concurrency: PositiveInt | None = None
+
+
 class MixSourceConfig(Section):
     """Take ``count`` rows, or a ``ratio`` of ``mix.total``, or (neither) every row of a dataset."""
 
@@ -205,7 +219,7 @@ class MixConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "synth", "mix"]] = Field(
+    stages: list[Literal["prepare", "synth", "mix", "diversity"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
     storage: StorageConfig = StorageConfig()
@@ -214,6 +228,7 @@ class JobConfig(Section):
     prepare: PrepareConfig | None = None
     synth: SynthConfig | None = None
     mix: MixConfig | None = None
+    diversity: DiversityConfig | None = None
 
     @model_validator(mode="after")
     def _stages_have_sections(self) -> JobConfig:

@@ -24,13 +24,24 @@ def _synth(job: JobConfig, tracker: StageRun) -> Any:
     return synth(job, tracker)
 
 
+def _diversity(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.data.diversity import diversity
+
+    return diversity(job, tracker)
+
+
 def _mix(job: JobConfig, tracker: StageRun) -> Any:
     from vidtune.data.mix import mix
 
     return mix(job, tracker)
 
 
-STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {"prepare": _prepare, "synth": _synth, "mix": _mix}
+STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {
+    "prepare": _prepare,
+    "synth": _synth,
+    "mix": _mix,
+    "diversity": _diversity,
+}
 
 
 def summarize(stage: str, result: Any, tracker: StageRun) -> str:
@@ -65,6 +76,14 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
             lines.append(
                 f"    {p.dataset}: took {p.taken} of {p.available} ({p.duplicates} duplicate ids skipped)"
             )
+    elif stage == "diversity":
+        lines.append(f"  {'dataset':<24} {'samples':>7} {'vendi':>7} {'mean cos dist':>13}")
+        for name, s in result.scores.items():
+            n = result.samples.get(name, sum(result.samples.values()))
+            lines.append(
+                f"  {name:<24} {n:>7} {s['vendi']:>7.2f} {s['mean_pairwise_cosine_distance']:>13.3f}"
+            )
+        lines.append("  t-SNE plot: tsne.png in the run's artifacts")
     lines.append(f"  MLflow: {tracker.url}")
     return "\n".join(lines)
 
