@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--no-read-videos", action="store_true", help="skip ray.data.read_videos (slowest)")
     dec.add_argument("--json", help="also write the results as JSON here")
 
+    syn = bench_sub.add_parser(
+        "synth", help="T2Vid frames/s per core against the paper's recipe, and scaling"
+    )
+    syn.add_argument("--documents", type=int, default=40)
+    syn.add_argument("--words", type=int, default=1150, help="words per document (115 a frame)")
+    syn.add_argument("--quick", action="store_true", help="a few short documents (a smoke run)")
+    syn.add_argument("--json", help="also write the results as JSON here")
+
     demo = sub.add_parser("demo-data", help="generate the demo's videos, manifests and long-text QA")
     demo.add_argument("--out", default="./vidtune-data/inputs")
     demo.add_argument("--videos", type=int, default=24)
@@ -83,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
 
             print(yaml.safe_dump(_job(args).model_dump(mode="json"), sort_keys=False))
-        elif args.command == "bench":
+        elif args.command == "bench" and args.bench == "decode":
             from vidtune.bench.decode import run_decode_bench
 
             run_decode_bench(
@@ -93,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_videos=not args.no_read_videos,
                 json_out=args.json,
             )
+        elif args.command == "bench" and args.bench == "synth":
+            from vidtune.bench.synth import run_synth_bench
+
+            run_synth_bench(documents=args.documents, words=args.words, quick=args.quick, json_out=args.json)
         elif args.command == "demo-data":
             from vidtune.demo import write_demo_inputs, write_demo_text
 

@@ -121,7 +121,7 @@ class RenderConfig(Section):
     font_size: PositiveInt = 20
     min_font_size: PositiveInt = 12
     margin: int = Field(20, ge=0, description="side margins, and the least space above and below the text")
-    line_spacing: PositiveFloat = 1.2
+    line_spacing: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _sizes(self) -> RenderConfig:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vidtune.data import fonts
@@ -33,7 +34,7 @@ class RenderSettings:
     font_size: int = 20
     min_font_size: int = 12
     margin: int = 20  # left and right; also the least space kept above and below the block
-    line_spacing: float = 1.2
+    line_spacing: float = 1.0  # of the font's ascent + descent (Noto Sans: 1.36 em): 115 words fit at size 20
     png_compress_level: int = 1  # lossless either way; level 1 is several times faster than 6
 
 
@@ -66,29 +67,82 @@ def chunk_text(text: str, words_per_frame: int = 115) -> list[str]:
 class Word:
     advance: float  # where the next word starts, from this one's origin
     right: int  # the rightmost inked pixel, from this one's origin
-    mask: object  # the rendered glyphs (Pillow core image), drawn as they are for every occurrence
+    glyphs: tuple[object, tuple[int, int]] | None = None  # rendered mask and its offset, once drawn
+
+
+def _screen(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Overlapping glyph coverage merged as FreeType text rendering in Pillow merges it:
+    a + b - a*b/255, with Pillow's rounded division by 255 (uint16 holds every intermediate)."""
+    x = a * b + 128
+    return a + b - (((x >> 8) + x) >> 8)
+
+
+@dataclass
+class Glyph:
+    advance: float
+    right: int  # rightmost ink, from the pen position
+    mask: np.ndarray  # FreeType's rendering of the character alone
     offset: tuple[int, int]
 
 
 class WordCache:
-    """Each distinct word of one font, rendered once.
+    """Words of one font, measured and drawn from per-character glyphs rendered once.
 
-    Documents repeat their words (a few hundred distinct ones fill many frames), and FreeType
-    rasterising every glyph of every line again costs more than everything else together.
+    FreeType rasterising every glyph of every line again costs more than everything else together. With
+    basic layout (no kerning, hinted whole-pixel advances) a word is its characters' glyphs placed at the
+    summed advances and merged as Pillow merges overlapping glyphs: exactly Pillow's own rendering of
+    the word (the tests and ``vidtune bench synth`` compare pixels), from a few hundred cached glyphs.
     """
 
     def __init__(self, font: ImageFont.FreeTypeFont):
         self.font = font
         self.words: dict[str, Word] = {}
+        self.chars: dict[str, Glyph] = {}
         self.space = font.getlength(" ")
+
+    def _char(self, ch: str) -> Glyph:
+        g = self.chars.get(ch)
+        if g is None:
+            core, offset = self.font.getmask2(ch, mode="L")
+            w, h = core.size
+            # uint16: _screen's products fit without overflow
+            mask = np.frombuffer(bytes(core), np.uint8).reshape(h, w).astype(np.uint16)
+            g = self.chars[ch] = Glyph(self.font.getlength(ch), self.font.getbbox(ch)[2], mask, offset)
+        return g
 
     def __getitem__(self, text: str) -> Word:
         word = self.words.get(text)
         if word is None:
-            mask, offset = self.font.getmask2(text, mode="L")
-            right = offset[0] + mask.size[0]
-            word = self.words[text] = Word(self.font.getlength(text), right, mask, offset)
+            pen, right = 0.0, 0
+            for ch in text:
+                g = self._char(ch)
+                right = max(right, int(pen) + g.right)
+                pen += g.advance
+            word = self.words[text] = Word(pen, right)
         return word
+
+    def glyphs(self, text: str) -> tuple[object, tuple[int, int]]:
+        """The word's mask (a Pillow core image) and offset, as ``font.getmask2(text)`` would give."""
+        word = self[text]
+        if word.glyphs is None:
+            placed, pen = [], 0.0
+            for ch in text:
+                g = self._char(ch)
+                if g.mask.size:
+                    placed.append((g.mask, int(pen) + g.offset[0], g.offset[1]))
+                pen += g.advance
+            if not placed:
+                word.glyphs = self.font.getmask2(text, mode="L")
+                return word.glyphs
+            x0, y0 = min(p[1] for p in placed), min(p[2] for p in placed)
+            x1 = max(x + m.shape[1] for m, x, _ in placed)
+            y1 = max(y + m.shape[0] for m, _, y in placed)
+            out = np.zeros((y1 - y0, x1 - x0), np.uint16)
+            for m, x, y in placed:
+                view = out[y - y0 : y - y0 + m.shape[0], x - x0 : x - x0 + m.shape[1]]
+                view[...] = _screen(view, m) if view.any() else m
+            word.glyphs = (Image.fromarray(out.astype(np.uint8)).im, (x0, y0))
+        return word.glyphs
 
 
 @lru_cache(maxsize=64)
@@ -152,9 +206,9 @@ def _draw(lines: list[Line], cache: WordCache, s: RenderSettings) -> bytes:
     for i, line in enumerate(lines):
         y = top + i * lh
         for word, x in line:
-            w = cache[word]
+            mask, offset = cache.glyphs(word)
             # What ImageDraw.text does for a string, with the glyphs rendered once per word.
-            draw.draw.draw_bitmap((s.margin + x + w.offset[0], y + w.offset[1]), w.mask, 0)
+            draw.draw.draw_bitmap((s.margin + x + offset[0], y + offset[1]), mask, 0)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=s.png_compress_level)
     return buf.getvalue()
