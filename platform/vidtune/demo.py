@@ -34,6 +34,14 @@ FILLER = [
 ]
 
 
+DOOR_QUESTIONS = [
+    "What colour is the door of the ferry house?",
+    "Read the story: which colour was the ferry house door painted?",
+    "According to the text, what is the colour of the painted door?",
+    "The story mentions a painted door. What colour is it?",
+]
+
+
 def write_demo_text(out: str | Path, documents: int = 12, seed: int = 0) -> dict[str, Path]:
     """Long-text QA for T2Vid: documents of 150-450 words hiding one fact, in the generic form and in
     LongAlpaca's, plus one row with an empty document (it lands in the errors table)."""
@@ -47,7 +55,7 @@ def write_demo_text(out: str | Path, documents: int = 12, seed: int = 0) -> dict
         sentences = [rng.choice(FILLER) for _ in range(rng.randint(8, 26))]
         sentences.insert(rng.randrange(len(sentences)), f"The painted door of the ferry house is {color}.")
         doc = " ".join(sentences)
-        question = "What colour is the door of the ferry house?"
+        question = rng.choice(DOOR_QUESTIONS)
         if k % 3 == 2:
             instruction = (
                 "Below is a story. Memorize the story and answer my question after the story.\n"
