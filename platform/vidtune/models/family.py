@@ -1,0 +1,119 @@
+"""The family adapter interface: how one Hugging Face video-LLM family takes frames and messages.
+
+An adapter turns a clip (frames + the record's messages) into processor inputs and labels, names the
+modules that freezing and LoRA address (vision tower, projector, language model), generates an answer,
+and builds a tiny offline instance. Everything downstream (preprocessing, training, eval, serving) talks
+to this interface only; ``FAMILIES`` maps names to adapters (one file per family).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IGNORE = -100  # the label PyTorch's cross-entropy skips
+
+LabelMode = str  # "assistant": loss on assistant turns only (default); "all": every non-pad, non-visual token
+
+
+class VideoLLMFamily(ABC):
+    name: str
+    # Module-name prefixes (as in model.named_parameters()) for freezing and LoRA target selection.
+    vision_prefixes: tuple[str, ...]
+    projector_prefixes: tuple[str, ...]
+    language_prefixes: tuple[str, ...]
+
+    @abstractmethod
+    def encode(
+        self,
+        processor: Any,
+        frames: Sequence[np.ndarray],
+        messages: list[dict[str, str]],
+        *,
+        labels: LabelMode | None = "assistant",
+        add_generation_prompt: bool = False,
+    ) -> dict[str, Any]:
+        """Processor inputs for one sample (unbatched tensors), with ``labels`` unless ``labels=None``."""
+
+    @abstractmethod
+    def generate(
+        self,
+        model: Any,
+        processor: Any,
+        frames: Sequence[np.ndarray],
+        question: list[dict[str, str]],
+        max_new_tokens: int = 32,
+    ) -> str:
+        """The model's answer to ``question`` (messages up to the user turn), greedy by default."""
+
+    @abstractmethod
+    def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
+        """Save a tiny instance of this family (model + processor) trained on nothing but ``corpus``."""
+
+    def module_group(self, parameter_name: str) -> str:
+        """``vision``, ``projector`` or ``language`` for a parameter name (``other`` when none match)."""
+        for group, prefixes in (
+            ("projector", self.projector_prefixes),
+            ("vision", self.vision_prefixes),
+            ("language", self.language_prefixes),
+        ):
+            if any(parameter_name.startswith(p) for p in prefixes):
+                return group
+        return "other"
+
+
+def find_spans(ids: Sequence[int], start: Sequence[int], end: int) -> list[tuple[int, int]]:
+    """[from, to) spans that begin right after each occurrence of ``start`` and run through ``end``."""
+    ids = list(ids)
+    spans, n, i = [], len(start), 0
+    while i <= len(ids) - n:
+        if ids[i : i + n] == list(start):
+            j = i + n
+            while j < len(ids) and ids[j] != end:
+                j += 1
+            spans.append((i + n, min(j + 1, len(ids))))
+            i = j
+        i += 1
+    return spans
+
+
+FAMILIES: dict[str, VideoLLMFamily] = {}
+
+
+def register(family: VideoLLMFamily) -> VideoLLMFamily:
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> VideoLLMFamily:
+    import vidtune.models.qwen2_vl  # noqa: F401 — registers itself
+
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family '{name}', choose from {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Pad (right) and stack encoded samples into a batch: what a training worker does per step.
+
+    Sequence tensors are padded (``input_ids`` with ``pad_id``, ``labels`` with ``IGNORE``, masks with 0);
+    visual tensors (``pixel_values_videos``, ``video_grid_thw``, ...) are concatenated in sample order.
+    """
+    import torch
+
+    longest = max(s["input_ids"].shape[0] for s in samples)
+    fill = {"input_ids": pad_id, "labels": IGNORE, "attention_mask": 0, "mm_token_type_ids": 0}
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key in fill:
+            batch[key] = torch.stack(
+                [torch.nn.functional.pad(v, (0, longest - v.shape[0]), value=fill[key]) for v in values]
+            )
+        else:
+            batch[key] = torch.cat(values)
+    return batch

@@ -1,0 +1,106 @@
+"""Qwen2-VL and Qwen2.5-VL: frames go in as one video (``<|video_pad|>`` expanded by the processor).
+
+Loss on assistant turns covers the answer and its ``<|im_end|>`` (so the model learns to stop); the
+``all`` mode, the paper's Idefics3 choice, covers every token but padding and visual tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidtune.data.schema import PLACEHOLDER
+from vidtune.models.family import IGNORE, LabelMode, VideoLLMFamily, find_spans, register
+
+
+def to_chat(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """vidtune messages (``<video>`` in the first user turn) as the processor's content parts."""
+    out = []
+    for m in messages:
+        text = m["content"]
+        if PLACEHOLDER in text:
+            before, after = text.split(PLACEHOLDER, 1)
+            parts = ([{"type": "text", "text": before}] if before else []) + [{"type": "video"}]
+            parts += [{"type": "text", "text": after.lstrip("\n")}] if after.strip() else []
+        else:
+            parts = [{"type": "text", "text": text}]
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+class Qwen2VLFamily(VideoLLMFamily):
+    name = "qwen2-vl"
+    vision_prefixes = ("model.visual.", "visual.")
+    projector_prefixes = ("model.visual.merger.", "visual.merger.")
+    language_prefixes = ("model.language_model.", "model.embed_tokens.", "lm_head.", "language_model.")
+
+    def encode(
+        self,
+        processor,
+        frames,
+        messages,
+        *,
+        labels: LabelMode | None = "assistant",
+        add_generation_prompt: bool = False,
+    ) -> dict[str, Any]:
+        text = processor.apply_chat_template(
+            to_chat(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        batch = processor(text=[text], videos=[list(frames)], return_tensors="pt")
+        out = {
+            k: v[0] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
+            for k, v in batch.items()
+        }
+        if labels is not None:
+            out["labels"] = self.labels(processor, out["input_ids"], labels)
+        return out
+
+    def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
+        import torch
+
+        tok = processor.tokenizer
+        ids = input_ids.tolist()
+        labels = torch.full_like(input_ids, IGNORE)
+        if mode == "all":
+            skip = {
+                tok.pad_token_id,
+                *(
+                    tok.convert_tokens_to_ids(t)
+                    for t in ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
+                ),
+            }
+            keep = torch.tensor([i not in skip for i in ids])
+            labels[keep] = input_ids[keep]
+            return labels
+        start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        for a, b in find_spans(ids, start, end):
+            labels[a:b] = input_ids[a:b]
+        return labels
+
+    def generate(
+        self, model, processor, frames: Sequence[np.ndarray], question, max_new_tokens: int = 32
+    ) -> str:
+        import torch
+
+        inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
+        batch = {
+            k: (v.unsqueeze(0) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+            for k, v in inputs.items()
+        }
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        return processor.tokenizer.decode(
+            out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
+        ).strip()
+
+    def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
+        from vidtune.models.tiny import build_tiny_qwen2vl
+
+        return build_tiny_qwen2vl(out_dir, corpus)
+
+
+QWEN2_VL = register(Qwen2VLFamily())
