@@ -1,0 +1,1 @@
+"""Training: DeepSpeed configs, the per-worker loop (Ray Train, torchrun or a plain process)."""
