@@ -17,6 +17,7 @@ STAGE_HELP = {
     "prepare": "decode videos from manifests into clip shards (Ray Data)",
     "synth": "render long-text QA into T2Vid clips (text as frames, Ray Data)",
     "mix": "combine datasets by counts or ratios into a new dataset",
+    "train": "fine-tune a video LLM on Ray Train with DeepSpeed",
     "diversity": "instruction diversity of datasets: embeddings, Vendi score, t-SNE plot",
 }
 

@@ -186,6 +186,31 @@ class DiversityConfig(Section):
     concurrency: PositiveInt | None = None
 
 
+class TrainConfig(Section):
+    """Fine-tuning on Ray Train with DeepSpeed (see vidtune/train/)."""
+
+    dataset: str
+    model: str = Field("tiny", description="a Hugging Face path or hub id, or 'tiny' (built offline)")
+    family: Literal["qwen2-vl"] = "qwen2-vl"
+    output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="models/NAME under storage.root")
+    register_as: str | None = Field(None, description="MLflow registered model name")
+    num_workers: PositiveInt = 2
+    use_gpu: bool = False
+    steps: PositiveInt = 50
+    micro_batch: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 5e-6
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    clip: PositiveFloat = 1.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    labels: Literal["assistant", "all"] = "assistant"
+    max_length: PositiveInt = 4096
+    seed: int = 0
+
+
 class MixSourceConfig(Section):
     """Take ``count`` rows, or a ``ratio`` of ``mix.total``, or (neither) every row of a dataset."""
 
@@ -219,7 +244,7 @@ class MixConfig(Section):
 
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "synth", "mix", "diversity"]] = Field(
+    stages: list[Literal["prepare", "synth", "mix", "diversity", "train"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
     storage: StorageConfig = StorageConfig()
@@ -229,6 +254,7 @@ class JobConfig(Section):
     synth: SynthConfig | None = None
     mix: MixConfig | None = None
     diversity: DiversityConfig | None = None
+    train: TrainConfig | None = None
 
     @model_validator(mode="after")
     def _stages_have_sections(self) -> JobConfig:

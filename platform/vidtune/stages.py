@@ -30,6 +30,12 @@ def _diversity(job: JobConfig, tracker: StageRun) -> Any:
     return diversity(job, tracker)
 
 
+def _train(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.train.stage import train
+
+    return train(job, tracker)
+
+
 def _mix(job: JobConfig, tracker: StageRun) -> Any:
     from vidtune.data.mix import mix
 
@@ -41,6 +47,7 @@ STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {
     "synth": _synth,
     "mix": _mix,
     "diversity": _diversity,
+    "train": _train,
 }
 
 
@@ -84,6 +91,15 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
                 f"  {name:<24} {n:>7} {s['vendi']:>7.2f} {s['mean_pairwise_cosine_distance']:>13.3f}"
             )
         lines.append("  t-SNE plot: tsne.png in the run's artifacts")
+    elif stage == "train":
+        lines.append(
+            f"  loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} over {len(result.losses)} steps, "
+            f"{result.samples_per_s:.1f} samples/s"
+        )
+        lines.append(
+            f"  model: {result.model_uri}"
+            + (f"  (registered: {result.registered})" if result.registered else "")
+        )
     lines.append(f"  MLflow: {tracker.url}")
     return "\n".join(lines)
 

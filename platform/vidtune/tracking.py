@@ -73,6 +73,10 @@ class StageRun:
     def file(self, path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
+    def folder(self, path: str | Path, artifact_path: str) -> None:
+        """A folder's contents as the artifact folder ``artifact_path`` (a saved model, say)."""
+        mlflow.log_artifacts(str(path), artifact_path)
+
     def artifact_bytes(self, data: bytes, name: str) -> None:
         """A file made in memory (a rendered PNG) as artifact ``name`` (``dir/file.ext``)."""
         with tempfile.TemporaryDirectory() as tmp:

@@ -30,6 +30,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     metrics = {
         "loss_first": result.losses[0],
         "loss_last": result.losses[-1],
+        "losses": result.losses,
         "samples_per_s": result.samples_per_s,
         "steps": len(result.losses),
     }
