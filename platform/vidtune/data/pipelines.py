@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,14 +124,16 @@ def decode_videos(
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
-class DecodeVideos:
-    """The decode stage's callable class: one per Ray actor, holding its decoder settings."""
+class BatchWorker:
+    """Ray Data's callable class around a plain batch function: one per actor, holding its settings
+    (and whatever the function caches per process, such as fonts and rendered glyphs)."""
 
-    def __init__(self, **settings: Any):
+    def __init__(self, fn: Callable[..., pa.Table], **settings: Any):
+        self.fn = fn
         self.settings = settings
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return decode_videos(batch, **self.settings)
+        return self.fn(batch, **self.settings)
 
 
 def collect_manifests(ds: VideoDatasetConfig, endpoint_url: str | None) -> tuple[list[dict], list[dict]]:
@@ -187,9 +190,14 @@ class PreparedDataset:
 
 
 def map_to_shards(
-    storage: Storage, name: str, records: list[dict], worker: type, settings: dict[str, Any], cfg: Any
+    storage: Storage,
+    name: str,
+    records: list[dict],
+    fn: Callable[..., pa.Table],
+    settings: dict[str, Any],
+    cfg: Any,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Run ``worker`` (a callable class: records in, clip or error rows out) over ``records`` as a Ray
+    """Run ``fn(batch, **settings)`` (records in, clip or error rows out) over ``records`` as a Ray
     Data actor pool and write its rows into a staging folder; returns what the write tasks staged.
 
     ``cfg`` gives ``batch_size``, ``num_cpus``, ``concurrency`` and ``rows_per_shard``. Workers are an
@@ -206,12 +214,12 @@ def map_to_shards(
         blocks = max(1, math.ceil(len(records) / cfg.batch_size))
         pool = cfg.concurrency or cpu_workers(cfg.num_cpus)
         rows = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-            worker,
+            BatchWorker,
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
             num_cpus=cfg.num_cpus,
             compute=ray.data.ActorPoolStrategy(size=min(pool, blocks)),
-            fn_constructor_kwargs=settings,
+            fn_constructor_kwargs={"fn": fn, **settings},
         )
         rows.write_datasink(sink)
     return sink.returns, staging
@@ -225,7 +233,7 @@ def prepare_dataset(ds_cfg: VideoDatasetConfig, cfg: PrepareConfig, storage: Sto
         storage,
         ds_cfg.name,
         records,
-        DecodeVideos,
+        decode_videos,
         {
             "sampling": cfg.sampling.model_dump(),
             "max_pixels": cfg.max_pixels,

@@ -1,6 +1,6 @@
 """``vidtune synth``: long-text QA rendered into T2Vid clips on Ray Data (Sparrow, arXiv 2411.19951).
 
-long-QA files (driver: parse, cheap filters) ─▶ from_items ─▶ map_batches(RenderDocuments) ─▶ shards
+long-QA files (driver: parse, cheap filters) ─▶ from_items ─▶ map_batches(render_samples) ─▶ shards
 
 Each sample becomes one user turn ``<video>`` + question and one assistant turn with the answer; its
 frames are the document, one chunk of about ``words_per_frame`` words per frame, stored as lossless PNG.
@@ -123,16 +123,6 @@ def render_samples(
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
-class RenderDocuments:
-    """The render stage's callable class: one per Ray actor, holding its settings (and font caches)."""
-
-    def __init__(self, **settings: Any):
-        self.settings = settings
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return render_samples(batch, **self.settings)
-
-
 def collect_longqa(
     ds: TextDatasetConfig, cfg: SynthConfig, endpoint_url: str | None
 ) -> tuple[list[dict], list[dict]]:
@@ -192,7 +182,7 @@ def synth_dataset(ds: TextDatasetConfig, cfg: SynthConfig, storage: Storage) -> 
         storage,
         ds.name,
         records,
-        RenderDocuments,
+        render_samples,
         {
             "render": render.model_dump(),
             "words_per_frame": cfg.words_per_frame,
