@@ -45,6 +45,15 @@ def test_synth_end_to_end(tmp_path, make_job, ray_local):
         }
     ]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    qlora = [  # the paper's LongQLoRA limit: questions under 30 words, the rewrite's own words not counted
+        {
+            "id": f"q{n}",
+            "input": f"Document [1] {doc(120)}\nQuestion: {q}",
+            "output": "The tide (Document 1).",
+        }
+        for n, q in enumerate([" ".join(["what"] * 25) + " came in?", " ".join(["what"] * 30) + "?"])
+    ]
+    (tmp_path / "qlora.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qlora))
     job = make_job(
         synth={
             "datasets": [
@@ -60,10 +69,13 @@ def test_synth_end_to_end(tmp_path, make_job, ray_local):
         job.synth.datasets[0].model_copy(
             update={"name": "alp", "input": str(tmp_path / "alpaca.json"), "preset": "longalpaca"}
         ),
+        job.synth.datasets[0].model_copy(
+            update={"name": "qlr", "input": str(tmp_path / "qlora.jsonl"), "preset": "longqlora"}
+        ),
     ]
     lines: list[str] = []
     results = run_stage(job, "synth", echo=lines.append)
-    t2v, alp = results
+    t2v, alp, qlr = results
     storage = Storage(job.storage)
 
     table = validate(pq.read_table(shard_paths(storage, load_info(storage, "t2v"))[0])).sort_by("id")
@@ -91,6 +103,10 @@ def test_synth_end_to_end(tmp_path, make_job, ray_local):
     assert alp.info.rows == 1
     alp_row = pq.read_table(shard_paths(storage, load_info(storage, "alp"))[0]).to_pylist()[0]
     assert alp_row["messages"][0]["content"] == "<video>\nWhat is described?" and len(alp_row["frames"]) == 2
+
+    assert qlr.dropped == {"question": 1}
+    qlr_row = pq.read_table(shard_paths(storage, load_info(storage, "qlr"))[0]).to_pylist()[0]
+    assert qlr_row["messages"][1]["content"] == "The tide.\nDocument ID: 1" and len(qlr_row["frames"]) == 2
 
     mlflow.set_tracking_uri(job.tracking.uri)
     run = mlflow.search_runs(experiment_names=["t"], output_format="list")[0]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vidtune.data import fonts
-from vidtune.data.longqa import LongQA, read_longqa, split_longalpaca
+from vidtune.data.longqa import ASK_FOR_BOTH, LongQA, read_longqa, split_longalpaca
 from vidtune.data.manifests import ManifestError
 from vidtune.data.t2vid import RenderSettings, chunk_text, render_document, tokens
 
@@ -107,6 +107,37 @@ def test_longalpaca_split():
     assert doc == "Deep nets are deep.\nThey learn." and q == "What do they do?"
     with pytest.raises(ValueError, match="marker"):
         split_longalpaca("just a question")
+
+
+def test_longqlora_rows_rewritten_as_the_paper_did(tmp_path):
+    docs = "Document [1](Title: Rivers) The Ouse floods.\nDocument [2](Title: Novels) Emma is a novel."
+    rows = [
+        {
+            "input": f"{docs}\nQuestion: who wrote Emma?",
+            "output": ("Jane Austen wrote Emma, published in 1815. It was her fourth novel. (Document 2)"),
+        },
+        {
+            "input": f"{docs}\n\nWhat floods?",
+            "output": "According to document [1], the Ouse floods in spring.",
+        },
+        {"input": f"{docs}\nQuestion: what is Emma?", "output": "A novel by Jane Austen."},
+        {"input": docs, "output": "The Ouse."},  # no question after the documents
+        {"input": f"{docs}\nQuestion: which?", "output": "Document ID: 2"},  # nothing but the reference
+    ]
+    path = tmp_path / "longqlora.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = list(read_longqa(str(path), preset="longqlora"))
+    emma, ouse, plain = items[:3]
+    assert emma.document == docs and emma.question == f"who wrote Emma? {ASK_FOR_BOTH}"
+    assert emma.answer == "Jane Austen wrote Emma, published in 1815.\nDocument ID: 2"
+    assert (
+        ouse.question.startswith("What floods? ")
+        and ouse.answer == "The Ouse floods in spring.\nDocument ID: 1"
+    )
+    # an answer that names no document is kept as it was, and so is its question
+    assert (plain.question, plain.answer) == ("what is Emma?", "A novel by Jane Austen.")
+    assert isinstance(items[3], ManifestError) and "no question" in items[3].reason
+    assert isinstance(items[4], ManifestError) and "only a document reference" in items[4].reason
 
 
 def test_read_longqa_rows_and_errors(tmp_path):

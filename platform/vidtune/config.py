@@ -137,7 +137,8 @@ class SynthFiltersConfig(Section):
 
     max_frames: PositiveInt | None = 90
     max_question_words: PositiveInt | None = Field(
-        None, description="default per preset: 500 for longalpaca (the paper), none for generic"
+        None,
+        description="default per preset (the paper): 500 for longalpaca, 30 for longqlora, none for generic",
     )
     max_tokens: PositiveInt | None = Field(
         None, description="text tokens + frames x visual tokens, estimated"
@@ -151,7 +152,7 @@ class TextDatasetConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     input: str | list[str]
-    preset: Literal["generic", "longalpaca"] = "generic"
+    preset: Literal["generic", "longalpaca", "longqlora"] = "generic"
     fields: dict[str, str] = Field(default_factory=dict, description="rename fields: {context: doc, ...}")
     source: str | None = None
 

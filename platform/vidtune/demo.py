@@ -43,16 +43,21 @@ DOOR_QUESTIONS = [
 
 
 def write_demo_text(out: str | Path, documents: int = 12, seed: int = 0) -> dict[str, Path]:
-    """Long-text QA for T2Vid: documents of 150-450 words hiding one fact, in the generic form and in
-    LongAlpaca's, plus one row with an empty document (it lands in the errors table)."""
+    """Long-text QA for T2Vid: documents of 150-450 words hiding one fact, in the generic form, in
+    LongAlpaca's and in LongQLoRA's (several documents, the answer naming the one that holds the fact),
+    plus one row with an empty document (it lands in the errors table)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     colors = list(COLORS)
-    generic, alpaca = [], []
+    generic, alpaca, qlora = [], [], []
+
+    def filler(lo: int, hi: int) -> list[str]:
+        return [rng.choice(FILLER) for _ in range(rng.randint(lo, hi))]
+
     for k in range(documents):
         color = colors[k % len(colors)]
-        sentences = [rng.choice(FILLER) for _ in range(rng.randint(8, 26))]
+        sentences = filler(8, 26)
         sentences.insert(rng.randrange(len(sentences)), f"The painted door of the ferry house is {color}.")
         doc = " ".join(sentences)
         question = rng.choice(DOOR_QUESTIONS)
@@ -62,12 +67,24 @@ def write_demo_text(out: str | Path, documents: int = 12, seed: int = 0) -> dict
                 f"The story begins.\n{doc}\nNow the story ends.\n{question}"
             )
             alpaca.append({"id": f"t{k:03d}", "instruction": instruction, "output": color})
+        elif k % 3 == 1:
+            docs = [doc, " ".join(filler(6, 12)), " ".join(filler(6, 12))]
+            rng.shuffle(docs)
+            n = docs.index(doc) + 1
+            text = "\n".join(f"Document [{i}] {d}" for i, d in enumerate(docs, 1))
+            answer = f"The painted door of the ferry house is {color}, as stated in Document {n}."
+            qlora.append({"id": f"t{k:03d}", "input": f"{text}\nQuestion: {question}", "output": answer})
         else:
             generic.append({"id": f"t{k:03d}", "context": doc, "question": question, "answer": color})
     generic.append({"id": "empty", "context": "", "question": "What is here?", "answer": "nothing"})
-    paths = {"longqa": out / "longqa.jsonl", "longalpaca": out / "longalpaca.json"}
+    paths = {
+        "longqa": out / "longqa.jsonl",
+        "longalpaca": out / "longalpaca.json",
+        "longqlora": out / "longqlora.jsonl",
+    }
     paths["longqa"].write_text("".join(json.dumps(r) + "\n" for r in generic))
     paths["longalpaca"].write_text(json.dumps(alpaca, indent=1))
+    paths["longqlora"].write_text("".join(json.dumps(r) + "\n" for r in qlora))
     return paths
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from vidtune.config import JobConfig, RenderConfig, SynthConfig, SynthFiltersConfig, TextDatasetConfig
-from vidtune.data.longqa import QUESTION_WORDS, LongQA, read_longqa
+from vidtune.data.longqa import ASK_FOR_BOTH, QUESTION_WORDS, LongQA, read_longqa
 from vidtune.data.manifests import ManifestError
 from vidtune.data.pipelines import WORKER, map_to_shards, sample_rows
 from vidtune.data.schema import PLACEHOLDER
@@ -41,7 +41,8 @@ def filter_reason(
     qa: LongQA, frames: int, f: SynthFiltersConfig, max_question_words: int | None
 ) -> str | None:
     """Why the paper's filters drop this sample (``None``: keep it). ``frames`` may be an estimate."""
-    question_words = len(tokens(qa.question))
+    # The paper's limit is on the user's question, not on the instruction the LongQLoRA rewrite adds.
+    question_words = len(tokens(qa.question.removesuffix(" " + ASK_FOR_BOTH)))
     if max_question_words is not None and question_words >= max_question_words:
         return f"filtered: question has {question_words} words (limit {max_question_words})"
     if f.max_frames is not None and frames > f.max_frames:
