@@ -6,10 +6,13 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from test_models import NAMES, QUESTION, clip, sample
 from vidtune.models.family import get_family
+from vidtune.train.checkpoints import LocalCheckpointer
 from vidtune.train.deepspeed import deepspeed_config
+from vidtune.train.ingest import micro_batches
 from vidtune.train.loop import LoopConfig, train_loop
 
 
@@ -50,3 +53,98 @@ def test_zero2_trains_in_a_plain_process(tmp_path):
         for a, b in pairs
     )
     assert right >= 9, right  # of 12 held-out orders; chance is 3
+
+
+@pytest.fixture(scope="module")
+def colour_task(tmp_path_factory):
+    """A tiny Qwen2-VL and 32 encoded "which colour comes first" samples."""
+    from transformers import AutoProcessor
+
+    family = get_family("qwen2-vl")
+    corpus = [f"Which colour comes first? {a} {b}" for a in NAMES for b in NAMES] * 5
+    base = family.build_tiny(tmp_path_factory.mktemp("tiny") / "base", corpus)
+    processor = AutoProcessor.from_pretrained(base)
+    rng = random.Random(2)
+    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
+    samples = [family.encode(processor, *sample(*rng.choice(pairs))) for _ in range(32)]
+    return base, samples, processor.tokenizer.pad_token_id
+
+
+def _cfg(base, out, **kw) -> LoopConfig:
+    return LoopConfig(
+        **{
+            "model_path": str(base),
+            "output_dir": str(out),
+            "micro_batch": 4,
+            "lr": 3e-3,
+            "log_every": 100,
+            **kw,
+        }
+    )
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_the_same_run(colour_task, tmp_path):
+    """A run stopped after its step-4 checkpoint resumes at step 5 on the micro-batch it would have
+    trained next: its losses from there are those of a run that never stopped."""
+    base, samples, pad = colour_task
+    whole = train_loop(_cfg(base, tmp_path / "a", steps=10), samples, pad, log=lambda s: None)
+
+    cfg = _cfg(base, tmp_path / "b", steps=10, checkpoint_every=4)
+    ckpts = LocalCheckpointer(tmp_path / "ckpt", keep=1)
+    served = 0
+
+    def failing(epoch):  # dies while fetching the 7th micro-batch, after the step-4 checkpoint
+        nonlocal served
+        for group in micro_batches(samples, cfg.micro_batch, len(samples), cfg.seed, epoch):
+            served += 1
+            if served == 7:
+                raise Interrupt
+            yield group
+
+    with pytest.raises(Interrupt):
+        train_loop(cfg, failing, pad, checkpointer=ckpts, log=lambda s: None)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-00000004"]
+
+    lines: list[str] = []
+    resumed = train_loop(cfg, samples, pad, checkpointer=ckpts, log=lines.append)
+    assert lines[0] == "resumed from step 4 (epoch 0, micro-batch 4)"
+    assert resumed.first_step == 5 and len(resumed.losses) == 6
+    assert resumed.losses == pytest.approx(whole.losses[4:], rel=1e-4)
+
+
+def test_zero3_lora_frozen_vision_checkpointing(colour_task, tmp_path):
+    """ZeRO-3 (weights partitioned while loading), LoRA on the language model, vision tower frozen,
+    gradient checkpointing: the loss falls, only adapters train, and the merged model loads plainly."""
+    from transformers import AutoModelForImageTextToText
+
+    base, samples, pad = colour_task
+    cfg = _cfg(
+        base,
+        tmp_path / "out",
+        steps=16,
+        lr=2e-2,  # adapters start at zero and want a larger step than full fine-tuning
+        zero_stage=3,
+        lora_rank=8,
+        lora_alpha=16,
+        # a tiny LM with random weights learns nothing new unless its output layer adapts too
+        lora_targets=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj", "lm_head"),
+        freeze=("vision",),
+        gradient_checkpointing=True,
+    )
+    result = train_loop(cfg, samples, pad, log=lambda s: None)
+    assert result.losses[-1] < 0.8 * result.losses[0]
+    assert 0 < result.trainable_params < 0.2 * result.total_params
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
+    original = AutoModelForImageTextToText.from_pretrained(base)
+    family = get_family("qwen2-vl")
+    changed = {
+        family.module_group(n)
+        for (n, p), q in zip(trained.named_parameters(), original.parameters(), strict=True)
+        if not torch.equal(p, q)
+    }
+    assert changed == {"language"}  # merged adapters moved the LM; the vision tower is untouched
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()

@@ -97,6 +97,21 @@ def get_family(name: str) -> VideoLLMFamily:
     return FAMILIES[name]
 
 
+def load_kwargs(use_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
+    """``from_pretrained`` arguments every vidtune process uses: bf16 on GPU (fp32 on CPU, where bf16
+    matmuls are slow), FlashAttention-2 when it is installed and a GPU is there, else PyTorch SDPA."""
+    import importlib.util
+
+    import torch
+
+    bf16 = use_gpu if bf16 is None else bf16
+    flash = use_gpu and importlib.util.find_spec("flash_attn") is not None
+    return {
+        "dtype": torch.bfloat16 if bf16 else torch.float32,
+        "attn_implementation": "flash_attention_2" if flash else "sdpa",
+    }
+
+
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Pad (right) and stack encoded samples into a batch: what a training worker does per step.
 

@@ -16,14 +16,15 @@ def deepspeed_config(
     offload_params: bool = False,
     micro_batch: int = 1,
     grad_accum: int = 1,
-    lr: float = 1e-5,
-    weight_decay: float = 0.0,
     warmup_ratio: float = 0.03,
     total_steps: int = 1,
     clip: float = 1.0,
     bf16: bool = False,
 ) -> dict[str, Any]:
-    """The DeepSpeed config dict. ``total_steps`` counts optimizer steps (for the cosine schedule)."""
+    """The DeepSpeed config dict. ``total_steps`` counts optimizer steps (for the cosine schedule).
+
+    The optimizer is not in it: the loop passes a torch AdamW (no op to JIT-compile on a fresh
+    machine) or, with optimizer offload, DeepSpeed's CPU Adam, and the schedule scales its lr."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
     if offload_params and zero_stage != 3:
@@ -36,22 +37,20 @@ def deepspeed_config(
     if zero_stage == 3:
         # Let the final save gather the shards into one 16-bit state dict (Hugging Face format).
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    warmup = max(0, int(round(warmup_ratio * total_steps)))
+    warmup = int(round(warmup_ratio * total_steps))
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": clip,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8},
-        },
         "scheduler": {
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": max(1, total_steps),
-                "warmup_num_steps": warmup,
+                # DeepSpeed wants at least one warmup step; starting it at the full lr means none.
+                "warmup_num_steps": max(1, warmup),
+                "warmup_min_ratio": 0.0 if warmup else 1.0,
                 "warmup_type": "linear",
                 "cos_min_ratio": 0.0,
             },
