@@ -76,3 +76,18 @@ def test_cli_rejects_invalid_job_before_any_work(tmp_path):
     assert "prepare.sampling.frames" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "vidtune-data").exists()
+
+
+def test_shipped_job_files_validate():
+    """Every job file in jobs/ loads and validates as it ships (a paper recipe must not rot)."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "jobs").glob("*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        job = load_job(str(path))
+        assert job.stages and all(job.section(s) is not None for s in job.stages), path.name
+    paper = load_job(str(Path(__file__).parent.parent / "jobs" / "paper-qwen2vl-7b.yaml"))
+    t = paper.train
+    assert t.micro_batch * t.grad_accum * t.num_workers == 64 and t.lr == 5e-6 and t.zero_stage == 3
+    assert (paper.mix.sources[0].count, paper.prepare.sampling.frames) == (20000, 24)

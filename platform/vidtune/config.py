@@ -187,16 +187,34 @@ class DiversityConfig(Section):
     concurrency: PositiveInt | None = None
 
 
+class LoraSection(Section):
+    """LoRA adapters through peft; the saved model has them merged (and kept in ``adapter/``)."""
+
+    rank: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="module names (suffixes) to adapt; the default is the language model's linear layers",
+    )
+
+
 class TrainConfig(Section):
     """Fine-tuning on Ray Train with DeepSpeed (see vidtune/train/)."""
 
     dataset: str
+    heldout: str | None = Field(None, description="a clip dataset answered before and after training")
+    heldout_limit: PositiveInt = 100
     model: str = Field("tiny", description="a Hugging Face path or hub id, or 'tiny' (built offline)")
     family: Literal["qwen2-vl"] = "qwen2-vl"
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="models/NAME under storage.root")
     register_as: str | None = Field(None, description="MLflow registered model name")
     num_workers: PositiveInt = 2
     use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="e.g. {CPU: 8, GPU: 1}; the default is 1 CPU (and 1 GPU with use_gpu)"
+    )
     steps: PositiveInt = 50
     micro_batch: PositiveInt = 4
     grad_accum: PositiveInt = 1
@@ -207,9 +225,32 @@ class TrainConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
+    bf16: bool | None = Field(None, description="default: bf16 on GPU, fp32 on CPU")
+    gradient_checkpointing: bool = False
+    freeze: list[Literal["vision", "projector", "language"]] = Field(default_factory=list)
+    lora: LoraSection | None = None
     labels: Literal["assistant", "all"] = "assistant"
     max_length: PositiveInt = 4096
+    preprocess_concurrency: PositiveInt | None = Field(
+        None, description="most preprocessing tasks at once per training worker (default: as CPUs allow)"
+    )
+    shuffle_buffer: PositiveInt = Field(256, description="encoded samples mixed per worker and epoch")
+    cache_mb: int = Field(
+        1024, ge=0, description="keep a worker's encoded samples for later epochs while they fit (0: stream)"
+    )
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final model)")
+    keep_checkpoints: PositiveInt = 2
+    max_failures: int = Field(0, ge=-1, description="worker failures to recover from (-1: any number)")
+    resume: bool = Field(True, description="continue an unfinished run of the same job and output")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _trainable(self) -> TrainConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if not self.lora and set(self.freeze) >= {"vision", "projector", "language"}:
+            raise ValueError("every part is frozen and there is no LoRA: nothing would train")
+        return self
 
 
 class MixSourceConfig(Section):

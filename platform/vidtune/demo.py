@@ -151,7 +151,31 @@ def write_demo_inputs(out: str | Path, videos: int = 24, seed: int = 0) -> dict[
             ],
         }
     )
-    paths = {"llava": out / "llava.json", "sharegpt": out / "sharegpt.jsonl"}
+    # Held out from training: every ordered pair once, answered before and after fine-tuning.
+    heldout = []
+    for k, (first, second) in enumerate(pairs):
+        name = f"heldout/clip-{k:03d}.mp4"
+        spec = VideoSpec(
+            frames=60,
+            fps=30,
+            width=224,
+            height=160,
+            keyframe_interval=15,
+            colors=color_sequence([first, second]),
+        )
+        write_video(out / name, spec)
+        heldout.append(
+            {
+                "id": f"h{k:03d}",
+                "video": name,
+                "conversations": [
+                    {"from": "human", "value": f"<video>\n{rng.choice(QUESTIONS)}"},
+                    {"from": "gpt", "value": first},
+                ],
+            }
+        )
+    paths = {"llava": out / "llava.json", "sharegpt": out / "sharegpt.jsonl", "heldout": out / "heldout.json"}
     paths["llava"].write_text(json.dumps(llava, indent=1))
     paths["sharegpt"].write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
+    paths["heldout"].write_text(json.dumps(heldout, indent=1))
     return paths

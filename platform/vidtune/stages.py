@@ -92,10 +92,21 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
             )
         lines.append("  t-SNE plot: tsne.png in the run's artifacts")
     elif stage == "train":
+        last = result.first_step + len(result.losses) - 1
+        resumed = f" (resumed at step {result.first_step})" if result.first_step > 1 else ""
         lines.append(
-            f"  loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} over {len(result.losses)} steps, "
-            f"{result.samples_per_s:.1f} samples/s"
+            f"  loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} over steps "
+            f"{result.first_step}-{last}{resumed}, {result.samples_per_s:.1f} samples/s, "
+            f"{result.tokens_per_s:.0f} tokens/s, data wait {result.data_wait:.0%}"
         )
+        if result.too_long:
+            lines.append(f"  {len(result.too_long)} samples over max_length dropped (dropped_too_long.json)")
+        if result.heldout_after is not None:
+            lines.append(
+                f"  held-out {result.heldout_after.dataset}: before {result.heldout_before.line()}, "
+                f"after {result.heldout_after.line()}"
+            )
+        lines.append(f"  checkpoints: {result.checkpoints}")
         lines.append(
             f"  model: {result.model_uri}"
             + (f"  (registered: {result.registered})" if result.registered else "")

@@ -109,3 +109,13 @@ def first_user_text(messages: list[dict[str, str]]) -> str:
         if m["role"] == "user":
             return m["content"].replace(PLACEHOLDER, "").strip()
     return ""
+
+
+def decode_frames(frames: Iterable[bytes]) -> list[Any]:
+    """A row's stored frames (JPEG or PNG bytes) as RGB uint8 arrays, in order."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames]

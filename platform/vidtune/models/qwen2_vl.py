@@ -87,10 +87,8 @@ class Qwen2VLFamily(VideoLLMFamily):
         import torch
 
         inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
-        batch = {
-            k: (v.unsqueeze(0) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-            for k, v in inputs.items()
-        }
+        sequences = ("input_ids", "attention_mask", "mm_token_type_ids")
+        batch = {k: (v.unsqueeze(0) if k in sequences else v).to(model.device) for k, v in inputs.items()}
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         return processor.tokenizer.decode(

@@ -8,7 +8,6 @@ tokens.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -31,12 +30,12 @@ class EncodeClips:
         self.max_length = max_length
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
-        from PIL import Image
+        from vidtune.data.schema import decode_frames
 
         out: dict[str, list] = {"id": [], "too_long": [], "length": []}
         encoded = []
         for row in batch.select(["id", "frames", "messages"]).to_pylist():
-            frames = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in row["frames"]]
+            frames = decode_frames(row["frames"])
             enc = self.family.encode(self.processor, frames, row["messages"], labels=self.labels)
             n = int(enc["input_ids"].shape[0])
             out["id"].append(row["id"])
@@ -47,6 +46,51 @@ class EncodeClips:
         for key in keys:
             out[key] = [e[key] for e in encoded]
         return out
+
+
+_PROCESSORS: dict[tuple, EncodeClips] = {}
+
+
+def encode_batch(batch: pa.Table, **kwargs: Any) -> dict[str, Any]:
+    """:class:`EncodeClips` as a Ray Data task function; the processor loads once per worker process
+    (Ray reuses task processes), so tasks cost no more than an actor's calls."""
+    key = tuple(sorted(kwargs.items()))
+    if key not in _PROCESSORS:
+        _PROCESSORS[key] = EncodeClips(**kwargs)
+    return _PROCESSORS[key](batch)
+
+
+class Encoder:
+    """The preprocessing stage as a function of a clip dataset (picklable: Ray Train's ingest runs it
+    once per rank, see :class:`vidtune.train.ingest.RankedDataConfig`).
+
+    Tasks, not an actor pool: every rank runs its own pipeline at the same time, and Ray Data gives
+    each a share of the CPUs left beside the trainers; an actor would hold its CPU for good, and with
+    one CPU a share the pipeline's reads could never be scheduled. As tasks, the read, the id filter
+    and the encoding fuse into one task per block."""
+
+    def __init__(
+        self,
+        model_path: str,
+        family: str,
+        labels: str = "assistant",
+        max_length: int = 4096,
+        concurrency: int | None = None,
+        num_cpus: float = 1.0,
+        batch_size: int = 8,
+    ):
+        self.kwargs = {"model_path": model_path, "family": family, "labels": labels, "max_length": max_length}
+        self.concurrency, self.num_cpus, self.batch_size = concurrency, num_cpus, batch_size
+
+    def __call__(self, clips: Any) -> Any:
+        return clips.map_batches(
+            encode_batch,
+            fn_kwargs=self.kwargs,
+            batch_size=self.batch_size,
+            batch_format="pyarrow",
+            num_cpus=self.num_cpus,
+            concurrency=self.concurrency,
+        )
 
 
 def to_torch(row: dict[str, Any]) -> dict[str, Any]:
