@@ -70,9 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--quick", action="store_true", help="a few short documents (a smoke run)")
     syn.add_argument("--json", help="also write the results as JSON here")
 
+    trn = bench_sub.add_parser(
+        "train", help="training samples/s, tokens/s, data wait and MFU against a plain PyTorch loop"
+    )
+    trn.add_argument(
+        "--size", choices=["tiny", "2b"], default="tiny", help="2b: Qwen2-VL-2B's shape, for a GPU"
+    )
+    trn.add_argument("--steps", type=int, default=30)
+    trn.add_argument("--micro-batch", type=int, default=4)
+    trn.add_argument("--frames", type=int, default=8)
+    trn.add_argument("--side", type=int, default=112, help="frame width and height in pixels")
+    trn.add_argument("--json", help="also write the results as JSON here")
+
     demo = sub.add_parser("demo-data", help="generate the demo's videos, manifests and long-text QA")
     demo.add_argument("--out", default="./vidtune-data/inputs")
-    demo.add_argument("--videos", type=int, default=24)
+    demo.add_argument("--videos", type=int, default=48)
     return parser
 
 
@@ -106,6 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vidtune.bench.synth import run_synth_bench
 
             run_synth_bench(documents=args.documents, words=args.words, quick=args.quick, json_out=args.json)
+        elif args.command == "bench" and args.bench == "train":
+            from vidtune.bench.train import run_train_bench
+
+            run_train_bench(
+                size=args.size,
+                steps=args.steps,
+                micro_batch=args.micro_batch,
+                frames=args.frames,
+                side=args.side,
+                json_out=args.json,
+            )
         elif args.command == "demo-data":
             from vidtune.demo import write_demo_inputs, write_demo_text
 

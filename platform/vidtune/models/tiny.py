@@ -65,11 +65,14 @@ def build_tiny_qwen2vl(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
     seed: int = 0,
+    text: dict | None = None,
+    vision: dict | None = None,
 ) -> Path:
     """Save a ~0.2M-parameter ``Qwen2VLForConditionalGeneration`` and its processor under ``out_dir``.
 
     The text model's head dimension is ``hidden / 4``; M-RoPE's sections (temporal, height, width) must
-    add up to half of it.
+    add up to half of it. ``text`` and ``vision`` override config entries: the benchmark builds a
+    Qwen2-VL-2B-sized model (random weights) this way.
     """
     import torch
     from transformers import (
@@ -99,6 +102,7 @@ def build_tiny_qwen2vl(
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
+            **(text or {}),
         },
         vision_config={
             "depth": 2,
@@ -109,6 +113,7 @@ def build_tiny_qwen2vl(
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
+            **(vision or {}),
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

@@ -67,6 +67,7 @@ class LoopConfig:
 class LoopResult:
     losses: list[float] = field(default_factory=list)  # the steps this run trained (after any resume)
     first_step: int = 1
+    # Throughput over the steps after the first (which starts the data pipeline and warms up).
     samples_per_s: float = 0.0
     tokens_per_s: float = 0.0
     data_wait: float = 0.0  # fraction of step time spent waiting for the next micro-batch
@@ -254,10 +255,10 @@ def train_loop(
     world = engine.world_size
     peak = _peak_flops()
     result.first_step = state.step + 1
-    started = time.perf_counter()
+    started = steady_from = time.perf_counter()
     waited = 0.0
     tokens = 0
-    window = {"time": 0.0, "wait": 0.0, "tokens": 0}
+    window = {"time": 0.0, "wait": 0.0, "tokens": 0, "steps": 0}
     for step in range(state.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         total, step_wait, step_tokens = 0.0, 0.0, 0
@@ -272,8 +273,13 @@ def train_loop(
             engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             total += float(loss.detach())
         dt = time.perf_counter() - t0
-        waited += step_wait
-        tokens += step_tokens
+        if step == state.step + 1:
+            # The first step pays for starting the data pipeline and warming up: the run's figures
+            # (like a benchmark's) count the steady state after it; the per-step metrics keep it.
+            steady_from = time.perf_counter()
+        else:
+            waited += step_wait
+            tokens += step_tokens
         result.losses.append(total / cfg.grad_accum)
         lr = scheduler.get_last_lr()[0] if scheduler is not None else cfg.lr
         grad_norm = engine.get_global_grad_norm()
@@ -291,19 +297,20 @@ def train_loop(
         if metrics is not None:
             metrics.add(step, per_step)
         window["time"] += dt
+        window["steps"] += 1
         window["wait"] += step_wait
         window["tokens"] += step_tokens
         if step % cfg.log_every == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - started
-            done = step - state.step
-            left = elapsed / done * (cfg.steps - step)
+            # The latest window's pace: the first one also holds the data pipeline's start.
+            left = window["time"] / window["steps"] * (cfg.steps - step)
+            samples_s = world * cfg.micro_batch * cfg.grad_accum * window["steps"] / window["time"]
             tok_s = world * window["tokens"] / window["time"]
             log(
                 f"step {step}/{cfg.steps}  loss {result.losses[-1]:.4f}  lr {lr:.2e}  "
-                f"{per_step['samples_per_s']:.1f} samples/s  {tok_s:.0f} tok/s  "
+                f"{samples_s:.1f} samples/s  {tok_s:.0f} tok/s  "
                 f"data wait {window['wait'] / window['time']:.0%}  {left:.0f}s left"
             )
-            window = {"time": 0.0, "wait": 0.0, "tokens": 0}
+            window = {"time": 0.0, "wait": 0.0, "tokens": 0, "steps": 0}
         if (
             checkpointer is not None
             and cfg.checkpoint_every
@@ -315,11 +322,12 @@ def train_loop(
             state = LoopState(step=step, epoch=cursor.epoch, batch=cursor.batch, run_id=run_id)
             checkpointer.save(engine, state, {"loss": result.losses[-1]})
     result.seconds = time.perf_counter() - started
-    trained = cfg.steps - state.step if result.losses else 0
-    if result.seconds and trained:
-        result.samples_per_s = world * trained * cfg.grad_accum * cfg.micro_batch / result.seconds
-        result.tokens_per_s = world * tokens / result.seconds
-        result.data_wait = waited / result.seconds
+    steady = len(result.losses) - 1
+    if steady > 0:
+        seconds = time.perf_counter() - steady_from
+        result.samples_per_s = world * steady * cfg.grad_accum * cfg.micro_batch / seconds
+        result.tokens_per_s = world * tokens / seconds
+        result.data_wait = waited / seconds
     if metrics is not None:
         metrics.flush()
     del zero3  # from here from_pretrained builds whole models again (the LoRA merge under ZeRO-3)
