@@ -124,14 +124,16 @@ def kill_a_worker_after(storage: Storage, run: str, checkpoint: str, stop: threa
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_job, ray_local):
-    """ZeRO-3 on 2 workers: a worker dies after the step-3 checkpoint and the run fails; running the
-    stage again resumes from the newest checkpoint, reaches the final step, and the new MLflow run's
-    curves hold steps 1..N once each, the first part copied from the failed run."""
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_job, ray_local, s3_endpoint, bucket):
+    """ZeRO-3 on 2 workers, storage on S3 (moto): a worker dies after the step-3 checkpoint and the run
+    fails; running the stage again resumes from the newest checkpoint in S3, reaches the final step,
+    and the new MLflow run's curves hold steps 1..N once each, the first part copied from the failed
+    run."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     steps = 15
     job = make_job(
+        storage={"root": f"s3://{bucket}/data", "endpoint_url": s3_endpoint},
         prepare={
             "sampling": {"frames": 4},
             "max_pixels": 112 * 112,
@@ -178,6 +180,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_job, ray_local):
     assert all(m.value == first[m.step] for m in joined if m.step < resumed_at)
     assert finished.data.tags["vidtune.resumed_from"].startswith(failed.info.run_id)
 
+    assert storage.exists("models", "m", "vidtune.json") and storage.exists("checkpoints", "t-m", "final")
     path = mlflow.artifacts.download_artifacts("models:/crash-model/latest", dst_path=str(tmp_path / "dl"))
     model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
     answer = get_family("qwen2-vl").generate(

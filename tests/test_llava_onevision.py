@@ -1,0 +1,116 @@
+"""LLaVA-OneVision: a tiny model built offline and loaded through from_pretrained; the ``<video>``
+placeholder expanded to as many tokens as the model's pooled video features; label masking checked on the
+tokens; and the model learns which colour comes first through the encode and collate path training uses."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from test_models import NAMES, QUESTION, clip, sample
+
+import vidtune.models.llava_onevision  # noqa: F401 — registers itself
+from vidtune.models.family import IGNORE, collate, get_family
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    family = get_family("llava-onevision")
+    corpus = [f"Which colour comes first? {a} {b}" for a in NAMES for b in NAMES] * 5
+    path = family.build_tiny(tmp_path_factory.mktemp("tiny") / "llava-ov", corpus)
+    return family, AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+
+
+def test_tiny_model_loads_back_and_has_a_finite_loss(tiny):
+    family, model, processor = tiny
+    assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    assert type(processor).__name__ == "LlavaOnevisionProcessor"
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    samples = [family.encode(processor, *sample("red", "blue")), family.encode(processor, *sample("green", "red"))]
+    batch = collate(samples, processor.tokenizer.pad_token_id)
+    size = model.config.vision_config.image_size
+    assert tuple(batch["pixel_values_videos"].shape) == (2, 8, 3, size, size)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    groups = {family.module_group(n) for n, _ in model.named_parameters()}
+    assert groups == {"vision", "projector", "language"}
+
+
+@pytest.mark.parametrize("frames", [8, 4])
+def test_placeholder_expands_to_the_video_tokens(tiny, frames):
+    family, model, processor = tiny
+    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "red"}]
+    enc = family.encode(processor, clip("red", "blue", frames=frames), messages)
+    vision = model.config.vision_config
+    assert (vision.image_size, vision.patch_size) == (56, 14)
+    # 56 / 14 = 4 patches a side, pooled to 2x2 per frame, plus one image_newline for the whole video
+    side = -(-(vision.image_size // vision.patch_size) // 2)
+    expected = frames * side * side + 1
+    assert expected == frames * 4 + 1
+    assert int((enc["input_ids"] == model.config.video_token_id).sum()) == expected
+    assert int((enc["input_ids"] == model.config.image_token_id).sum()) == 0
+    with torch.no_grad():
+        features = model.get_video_features(enc["pixel_values_videos"]).pooler_output
+    assert tuple(features.shape) == (1, expected, model.config.text_config.hidden_size)
+
+
+def test_labels_cover_the_answer_only(tiny):
+    family, _, processor = tiny
+    enc = family.encode(processor, *sample("green", "red"))
+    kept = enc["labels"][enc["labels"] != IGNORE]
+    assert processor.tokenizer.decode(kept) == "green<|im_end|>"
+    everything = family.labels(processor, enc["input_ids"], "all")
+    assert not (everything == processor.video_token_id).any()
+    text = processor.tokenizer.decode(everything[everything != IGNORE])
+    assert "Which colour comes first?" in text and "green" in text and "<video>" not in text
+
+
+def test_labels_cover_every_assistant_turn(tiny):
+    family, _, processor = tiny
+    frames, _ = sample("blue", "yellow")
+    messages = [
+        {"role": "system", "content": "Answer with a colour."},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "blue"},
+        {"role": "user", "content": "Which colour comes second?"},
+        {"role": "assistant", "content": "yellow"},
+    ]
+    enc = family.encode(processor, frames, messages)
+    kept = enc["labels"][enc["labels"] != IGNORE]
+    assert processor.tokenizer.decode(kept) == "blue<|im_end|>yellow<|im_end|>"
+
+
+def test_learns_which_colour_comes_first(tiny):
+    """Far above chance (1 in 4) only if frames arrive in order and the labels are the answer."""
+    family, model, processor = tiny
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
+
+    def short(first: str, second: str):
+        return clip(first, second, frames=4, size=56)
+
+    def messages(first: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first}]
+
+    train = [family.encode(processor, short(a, b), messages(a)) for a, b in (rng.choice(pairs) for _ in range(96))]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(80):
+        batch = collate(rng.sample(train, 8), processor.tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    answers = [
+        family.generate(model, processor, short(a, b), [{"role": "user", "content": QUESTION}], 4)
+        for a, b in pairs
+    ]
+    correct = sum(ans == a for ans, (a, _) in zip(answers, pairs, strict=True))
+    assert float(loss) < 0.5
+    assert correct >= 9, answers
