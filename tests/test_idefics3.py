@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from test_models import NAMES, QUESTION, clip, sample
 
 import vidtune.models.idefics3  # noqa: F401 — registers the family
+from test_models import NAMES, QUESTION, clip, sample
 from vidtune.models.family import IGNORE, collate, get_family
 
 FRAMES, SIZE = 4, 64  # the learning test's clips: two frames of each colour, at the tower's resolution
@@ -39,7 +39,10 @@ def test_tiny_model_loads_back_and_has_a_finite_loss(tiny):
     assert type(processor).__name__ == "Idefics3Processor"
     assert processor.image_processor.do_image_splitting is False
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
-    encoded = [family.encode(processor, *sample("red", "blue")), family.encode(processor, *sample("green", "red"))]
+    encoded = [
+        family.encode(processor, *sample("red", "blue")),
+        family.encode(processor, *sample("green", "red")),
+    ]
     batch = collate(encoded, processor.tokenizer.pad_token_id)
     assert batch["pixel_values"].shape == (2, 8, 3, SIZE, SIZE)
     assert batch["pixel_attention_mask"].shape == (2, 8, SIZE, SIZE)
@@ -99,5 +102,5 @@ def test_learns_which_colour_comes_first(tiny):
     question = [{"role": "user", "content": QUESTION}]
     answers = [family.generate(model, processor, clip(a, b, FRAMES, SIZE), question, 4) for a, b in pairs]
     correct = sum(ans == a for ans, (a, _) in zip(answers, pairs, strict=True))
-    assert float(loss) < 0.5
+    assert loss.item() < 0.5
     assert correct >= 9, answers

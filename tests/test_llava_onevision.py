@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from test_models import NAMES, QUESTION, clip, sample
 
 import vidtune.models.llava_onevision  # noqa: F401 — registers itself
+from test_models import NAMES, QUESTION, clip, sample
 from vidtune.models.family import IGNORE, collate, get_family
 
 
@@ -29,7 +29,10 @@ def test_tiny_model_loads_back_and_has_a_finite_loss(tiny):
     assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
     assert type(processor).__name__ == "LlavaOnevisionProcessor"
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
-    samples = [family.encode(processor, *sample("red", "blue")), family.encode(processor, *sample("green", "red"))]
+    samples = [
+        family.encode(processor, *sample("red", "blue")),
+        family.encode(processor, *sample("green", "red")),
+    ]
     batch = collate(samples, processor.tokenizer.pad_token_id)
     size = model.config.vision_config.image_size
     assert tuple(batch["pixel_values_videos"].shape) == (2, 8, 3, size, size)
@@ -97,7 +100,9 @@ def test_learns_which_colour_comes_first(tiny):
     def messages(first: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first}]
 
-    train = [family.encode(processor, short(a, b), messages(a)) for a, b in (rng.choice(pairs) for _ in range(96))]
+    train = [
+        family.encode(processor, short(a, b), messages(a)) for a, b in (rng.choice(pairs) for _ in range(96))
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(80):

@@ -148,3 +148,24 @@ def test_zero3_lora_frozen_vision_checkpointing(colour_task, tmp_path):
     }
     assert changed == {"language"}  # merged adapters moved the LM; the vision tower is untouched
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+
+def test_ingest_order_is_seeded_balanced_and_complete():
+    """Ranks get disjoint, balanced rows from a seeded permutation; an epoch's micro-batches hold every
+    row once, in an order fixed by (seed, epoch) that changes from epoch to epoch."""
+    from vidtune.train.ingest import rank_of_ids
+
+    ids = [f"c{i:03d}" for i in range(103)]
+    ranks = rank_of_ids(reversed(ids), 4, seed=7)
+    assert ranks == rank_of_ids(ids, 4, seed=7) and ranks != rank_of_ids(ids, 4, seed=8)
+    sizes = sorted(list(ranks.values()).count(r) for r in range(4))
+    assert sizes == [25, 26, 26, 26]
+    with pytest.raises(ValueError, match="repeated ids"):
+        rank_of_ids(["a", "b", "a"], 2, seed=0)
+
+    rows = list(range(50))
+    epoch0 = list(micro_batches(rows, 8, 16, seed=3, epoch=0))
+    assert [len(b) for b in epoch0] == [8] * 6 + [2]  # the last one is smaller, nothing dropped
+    assert sorted(r for b in epoch0 for r in b) == rows
+    assert epoch0 == list(micro_batches(rows, 8, 16, seed=3, epoch=0))
+    assert epoch0 != list(micro_batches(rows, 8, 16, seed=3, epoch=1))

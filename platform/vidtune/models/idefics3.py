@@ -209,7 +209,7 @@ def build_tiny_idefics3(
 
 
 def image_tokens(config: Any) -> int:
-    """``<image>`` tokens a frame takes: the tower's patches over the pixel shuffle's ``scale_factor ** 2``."""
+    """``<image>`` tokens a frame takes: the tower's patches over ``scale_factor ** 2`` (pixel shuffle)."""
     vision = config.vision_config
     return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
 

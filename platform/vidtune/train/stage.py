@@ -36,6 +36,19 @@ class TrainResult:
     heldout_after: Any = None
 
 
+def dataset_ids(storage: Storage, dataset: str) -> list[str]:
+    """Every id of a committed dataset, read from the shards' id column alone."""
+    import pyarrow.parquet as pq
+
+    from vidtune.data.shards import load_info, shard_paths
+
+    ids: list[str] = []
+    for path in shard_paths(storage, load_info(storage, dataset)):
+        with storage.fs.open(path, "rb") as f:
+            ids += pq.read_table(f, columns=["id"])["id"].to_pylist()
+    return ids
+
+
 def tiny_corpus(storage: Storage, datasets: list[str]) -> list[str]:
     """The datasets' conversation text, for training a tiny model's tokenizer on the spot."""
     import pyarrow.parquet as pq
@@ -149,6 +162,7 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
         keep_checkpoints=cfg.keep_checkpoints,
         max_failures=cfg.max_failures,
         cache_bytes=cfg.cache_mb * 2**20,
+        ids=dataset_ids(storage, cfg.dataset),
         tracking={"tracking_uri": absolute_tracking_uri(mlflow.get_tracking_uri()), "run_id": tracker.run_id},
     )
     m = result.metrics

@@ -169,11 +169,13 @@ def fit(
     max_failures: int = 0,
     tracking: dict[str, str] | None = None,
     cache_bytes: int = 0,
+    ids: list[str] | None = None,
 ) -> Any:
     """Train on ``num_workers`` Ray Train workers; returns Ray Train's result (checkpoint, metrics).
 
-    ``dataset`` holds clip rows; ``encode`` maps a clip dataset to encoded samples and runs inside
-    each rank's pipeline. ``tracking`` (``tracking_uri``, ``run_id``) is where rank 0 logs per step.
+    ``dataset`` holds clip rows (``ids``: their ids, when the caller has them); ``encode`` maps a
+    clip dataset to encoded samples and runs inside each rank's pipeline. ``tracking``
+    (``tracking_uri``, ``run_id``) is where rank 0 logs per step.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -199,6 +201,6 @@ def fit(
             failure_config=FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": dataset},
-        dataset_config=RankedDataConfig(encode, seed=loop.seed),
+        dataset_config=RankedDataConfig(encode, seed=loop.seed, ids=ids),
     )
     return trainer.fit()
