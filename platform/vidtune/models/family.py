@@ -90,7 +90,8 @@ def register(family: VideoLLMFamily) -> VideoLLMFamily:
 
 
 def get_family(name: str) -> VideoLLMFamily:
-    import vidtune.models.qwen2_vl  # noqa: F401 — registers itself
+    import vidtune.models.idefics3  # noqa: F401 — each family module registers itself
+    import vidtune.models.qwen2_vl  # noqa: F401
 
     if name not in FAMILIES:
         raise ValueError(f"unknown model family '{name}', choose from {sorted(FAMILIES)}")
@@ -112,6 +113,10 @@ def load_kwargs(use_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
     }
 
 
+# Pixel tensors shaped (1, images or frames, ...) per sample (Idefics3, LLaVA-OneVision).
+IMAGE_AXIS_KEYS = ("pixel_values", "pixel_attention_mask", "pixel_values_videos")
+
+
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Pad (right) and stack encoded samples into a batch: what a training worker does per step.
 
@@ -129,6 +134,12 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             batch[key] = torch.stack(
                 [torch.nn.functional.pad(v, (0, longest - v.shape[0]), value=fill[key]) for v in values]
             )
+        elif values[0].dim() >= 3 and key in IMAGE_AXIS_KEYS:
+            # (1, images, ...) per sample: clips with fewer frames get all-zero images, which the
+            # models skip (the processors' own batching convention), then samples stack on dim 0.
+            most = max(v.shape[1] for v in values)
+            pad = [(0, 0) * (v.dim() - 2) + (0, most - v.shape[1]) for v in values]
+            batch[key] = torch.cat([torch.nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)])
         else:
             batch[key] = torch.cat(values)
     return batch
