@@ -91,6 +91,7 @@ def register(family: VideoLLMFamily) -> VideoLLMFamily:
 
 def get_family(name: str) -> VideoLLMFamily:
     import vidtune.models.idefics3  # noqa: F401 — each family module registers itself
+    import vidtune.models.llava_onevision  # noqa: F401
     import vidtune.models.qwen2_vl  # noqa: F401
 
     if name not in FAMILIES:
@@ -113,8 +114,8 @@ def load_kwargs(use_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
     }
 
 
-# Pixel tensors shaped (1, images or frames, ...) per sample (Idefics3, LLaVA-OneVision).
-IMAGE_AXIS_KEYS = ("pixel_values", "pixel_attention_mask", "pixel_values_videos")
+# Pixel tensors shaped (1, images, ...) per sample (Idefics3), where an all-zero image is skipped.
+IMAGE_AXIS_KEYS = ("pixel_values", "pixel_attention_mask")
 
 
 def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -140,6 +141,13 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             most = max(v.shape[1] for v in values)
             pad = [(0, 0) * (v.dim() - 2) + (0, most - v.shape[1]) for v in values]
             batch[key] = torch.cat([torch.nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)])
+        elif key == "pixel_values_videos" and len({v.shape[:2] for v in values}) > 1:
+            # LLaVA-OneVision: (1, frames, ...) per sample, and the model reshapes the batch by one frame
+            # count, so a padded frame would be read as a real one.
+            raise ValueError(
+                f"clips with {sorted({v.shape[1] for v in values})} frames in one batch: this family "
+                "needs one frame count per batch (sample every clip to the same frames, or micro_batch: 1)"
+            )
         else:
             batch[key] = torch.cat(values)
     return batch
