@@ -187,3 +187,40 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_job, ray_local, s
         model, processor, clip("red", "blue"), [{"role": "user", "content": QUESTION}], 4
     )
     assert isinstance(answer, str)  # the gathered ZeRO-3 weights load and generate
+
+
+@pytest.mark.parametrize("family", ["idefics3", "llava-onevision"])
+def test_other_families_train_through_the_stage(family, tmp_path, make_job, ray_local):
+    """Each family through the whole path (prepare, per-rank preprocessing, 2 workers, ZeRO-2): the loss
+    is finite and falls, and the registered model loads and answers."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    job = make_job(
+        prepare={
+            "sampling": {"frames": 4},
+            "max_pixels": 112 * 112,
+            "datasets": [colour_videos(tmp_path / "v", "colors", 16, seed=3)],
+        },
+        train={
+            "dataset": "colors",
+            "family": family,
+            "output": "m",
+            "register_as": f"{family}-model",
+            "num_workers": 2,
+            "steps": 12,
+            "micro_batch": 4,
+            "lr": 3e-3,
+        },
+    )
+    run_stage(job, "prepare", echo=lambda s: None)
+    result = run_stage(job, "train", echo=lambda s: None)
+    assert all(loss == loss for loss in result.losses) and result.losses[-1] < result.losses[0]
+    path = mlflow.artifacts.download_artifacts(
+        f"models:/{family}-model/latest", dst_path=str(tmp_path / "dl")
+    )
+    assert json.loads((tmp_path / "dl" / "vidtune.json").read_text())["family"] == family
+    model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    answer = get_family(family).generate(
+        model, processor, clip("red", "blue", 4), [{"role": "user", "content": QUESTION}], 4
+    )
+    assert isinstance(answer, str)
