@@ -58,14 +58,19 @@ def stage_runs(job) -> list:
 def test_train_stage_learns_and_registers(tmp_path, make_job, ray_local):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    train_set = colour_videos(tmp_path / "train", "colors", 48, seed=0)
+    # three samples far over max_length: dropped and counted, never cut through their video tokens
+    wordy = " ".join(["Look closely at the colours."] * 60)
+    extra = [llava_entry(f"long-{i}", f"v{i}.mp4") for i in range(3)]
+    for e in extra:
+        e["conversations"][0]["value"] = f"<video>\n{wordy} Which colour comes first?"
+    with open(train_set["manifest"], "a") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in extra))
     job = make_job(
         prepare={
             "sampling": {"frames": 8},
             "max_pixels": 112 * 112,
-            "datasets": [
-                colour_videos(tmp_path / "train", "colors", 48, seed=0),
-                colour_videos(tmp_path / "heldout", "colors-heldout", 12, seed=1),
-            ],
+            "datasets": [train_set, colour_videos(tmp_path / "heldout", "colors-heldout", 12, seed=1)],
         },
         train={
             "dataset": "colors",
@@ -79,6 +84,7 @@ def test_train_stage_learns_and_registers(tmp_path, make_job, ray_local):
             "lr": 3e-3,
             "zero_stage": 2,
             "checkpoint_every": 40,
+            "max_length": 256,
         },
     )
     run_stage(job, "prepare", echo=lambda s: None)
@@ -89,6 +95,7 @@ def test_train_stage_learns_and_registers(tmp_path, make_job, ray_local):
     # the 12 held-out orders: near chance (3 of 12) before, far above it after
     assert result.heldout_before.right <= 6 and result.heldout_after.right >= 9, summary[0]
     assert "held-out colors-heldout: before" in summary[0]
+    assert result.too_long == ["long-0", "long-1", "long-2"] and "3 samples over max_length" in summary[0]
 
     path = mlflow.artifacts.download_artifacts("models:/colors-model/latest", dst_path=str(tmp_path / "dl"))
     settings = json.loads((tmp_path / "dl" / "vidtune.json").read_text())
@@ -106,6 +113,7 @@ def test_train_stage_learns_and_registers(tmp_path, make_job, ray_local):
     for key in ("loss", "lr", "samples_per_s", "tokens_per_s", "data_wait", "grad_norm"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 81)), key
     assert run.data.metrics["heldout_accuracy_after"] >= 0.75
+    assert run.data.metrics["dropped_too_long"] == 3
 
 
 def kill_a_worker_after(storage: Storage, run: str, checkpoint: str, stop: threading.Event) -> None:
