@@ -207,7 +207,7 @@ class TrainConfig(Section):
     heldout: str | None = Field(None, description="a clip dataset answered before and after training")
     heldout_limit: PositiveInt = 100
     model: str = Field("tiny", description="a Hugging Face path or hub id, or 'tiny' (built offline)")
-    family: Literal["qwen2-vl", "idefics3", "llava-onevision"] = "qwen2-vl"
+    family: Literal["qwen2-vl", "qwen2.5-vl", "idefics3", "llava-onevision"] = "qwen2-vl"
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="models/NAME under storage.root")
     register_as: str | None = Field(None, description="MLflow registered model name")
     num_workers: PositiveInt = 2
