@@ -71,27 +71,37 @@ def test_labels_cover_the_answer_only(tiny):
     assert "Which colour comes first?" in text and "green" in text and "<|video_pad|>" not in text
 
 
-def test_learns_which_colour_comes_first(tiny):
-    """Far above chance (1 in 4) only if frames arrive in order and the labels are the answer."""
-    family, model, processor = tiny
+PAIRS = [(a, b) for a in NAMES for b in NAMES if a != b]
+
+
+def learn_colour_order(family, model, processor, *, frames: int = 8, size: int = 112, steps: int = 60):
+    """Train on 96 "which colour comes first" clips through ``encode`` and ``collate`` (AdamW, lr 3e-3,
+    batches of 8), then answer all 12 ordered pairs. Returns (last loss, answers, right answers)."""
     torch.manual_seed(0)
     rng = random.Random(0)
-    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
-    train = [family.encode(processor, *sample(*rng.choice(pairs))) for _ in range(96)]
+
+    def messages(first: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first}]
+
+    train = [
+        family.encode(processor, clip(a, b, frames, size), messages(a))
+        for a, b in (rng.choice(PAIRS) for _ in range(96))
+    ]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(60):
-        batch = collate(rng.sample(train, 8), processor.tokenizer.pad_token_id)
-        loss = model(**batch).loss
+    for _ in range(steps):
+        loss = model(**collate(rng.sample(train, 8), processor.tokenizer.pad_token_id)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
-    held_out = [rng.choice(pairs) for _ in range(16)]
-    answers = [
-        family.generate(model, processor, clip(a, b), [{"role": "user", "content": QUESTION}], 4)
-        for a, b in held_out
-    ]
-    correct = sum(ans.strip() == a for ans, (a, _) in zip(answers, held_out, strict=True))
-    assert float(loss) < 0.5
-    assert correct >= 12, answers
+    question = [{"role": "user", "content": QUESTION}]
+    answers = [family.generate(model, processor, clip(a, b, frames, size), question, 4) for a, b in PAIRS]
+    right = sum(ans.strip() == a for ans, (a, _) in zip(answers, PAIRS, strict=True))
+    return float(loss.detach()), answers, right
+
+
+def test_learns_which_colour_comes_first(tiny):
+    """Far above chance (3 of 12) only if frames arrive in order and the labels are the answer."""
+    loss, answers, right = learn_colour_order(*tiny)
+    assert loss < 0.5 and right >= 9, answers

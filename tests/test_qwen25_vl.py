@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from test_models import NAMES, QUESTION, clip, sample
+from test_models import NAMES, learn_colour_order, sample
 from vidtune.models.family import IGNORE, collate, get_family
 
 CORPUS = [f"Which colour comes first? {a} {b}" for a in NAMES for b in NAMES] * 5
@@ -92,29 +92,9 @@ def test_labels_cover_the_answer_only(tiny):
 
 
 def test_learns_which_colour_comes_first(tiny):
-    """Far above chance (1 in 4) only if frames arrive in order and the labels are the answer."""
-    family, model, processor = tiny
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
-    train = [family.encode(processor, *sample(*rng.choice(pairs))) for _ in range(96)]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        batch = collate(rng.sample(train, 8), processor.tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    held_out = [rng.choice(pairs) for _ in range(16)]
-    answers = [
-        family.generate(model, processor, clip(a, b), [{"role": "user", "content": QUESTION}], 4)
-        for a, b in held_out
-    ]
-    correct = sum(ans.strip() == a for ans, (a, _) in zip(answers, held_out, strict=True))
-    assert float(loss.detach()) < 0.5
-    assert correct >= 12, answers
+    """Far above chance (3 of 12) only if frames arrive in order and the labels are the answer."""
+    loss, answers, right = learn_colour_order(*tiny)
+    assert loss < 0.5 and right >= 9, answers
 
 
 def test_deepspeed_loop_trains_it(tmp_path):
