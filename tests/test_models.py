@@ -61,6 +61,18 @@ def test_placeholder_expands_to_the_video_tokens(tiny):
     assert int((enc["input_ids"] == video_id).sum()) == 4 * 8 * 8 // 4
 
 
+def test_clips_of_different_lengths_batch(tiny):
+    """A 2-frame T2Vid clip beside an 8-frame video clip: Qwen2-VL takes the patches of both in one
+    batch (the demo's mix has both kinds)."""
+    family, model, processor = tiny
+    short = family.encode(processor, clip("red", "blue", 2), sample("red", "blue")[1])
+    batch = collate(
+        [short, family.encode(processor, *sample("green", "red"))], processor.tokenizer.pad_token_id
+    )
+    assert batch["video_grid_thw"].tolist() == [[1, 8, 8], [4, 8, 8]]
+    assert torch.isfinite(model(**batch).loss)
+
+
 def test_labels_cover_the_answer_only(tiny):
     family, _, processor = tiny
     enc = family.encode(processor, *sample("green", "red"))

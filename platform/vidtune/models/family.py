@@ -141,7 +141,7 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
             most = max(v.shape[1] for v in values)
             pad = [(0, 0) * (v.dim() - 2) + (0, most - v.shape[1]) for v in values]
             batch[key] = torch.cat([torch.nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)])
-        elif key == "pixel_values_videos" and len({v.shape[:2] for v in values}) > 1:
+        elif key == "pixel_values_videos" and values[0].dim() >= 3 and len({v.shape[:2] for v in values}) > 1:
             # LLaVA-OneVision: (1, frames, ...) per sample, and the model reshapes the batch by one frame
             # count, so a padded frame would be read as a real one.
             raise ValueError(
