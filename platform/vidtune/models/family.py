@@ -20,12 +20,21 @@ IGNORE = -100  # the label PyTorch's cross-entropy skips
 LabelMode = str  # "assistant": loss on assistant turns only (default); "all": every non-pad, non-visual token
 
 
+# Per-token tensors: one sample's lose the batch dimension in ``encode``; ``collate`` pads and stacks them.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+
+
 class VideoLLMFamily(ABC):
     name: str
     # Module-name prefixes (as in model.named_parameters()) for freezing and LoRA target selection.
     vision_prefixes: tuple[str, ...]
     projector_prefixes: tuple[str, ...]
     language_prefixes: tuple[str, ...]
+    # The chat format, for label masking: the text that opens an assistant turn, the token that ends a
+    # turn, and the visual tokens that the "all" mode leaves out.
+    assistant_start: str
+    turn_end: str
+    visual_tokens: tuple[str, ...]
 
     @abstractmethod
     def encode(
@@ -39,7 +48,25 @@ class VideoLLMFamily(ABC):
     ) -> dict[str, Any]:
         """Processor inputs for one sample (unbatched tensors), with ``labels`` unless ``labels=None``."""
 
-    @abstractmethod
+    def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
+        """Labels for one sample's ``input_ids``: ``assistant``: every assistant turn from after
+        :attr:`assistant_start` through its :attr:`turn_end` token (so the model learns to stop);
+        ``all``: every token but padding and :attr:`visual_tokens`."""
+        import torch
+
+        tok = processor.tokenizer
+        ids = input_ids.tolist()
+        labels = torch.full_like(input_ids, IGNORE)
+        if mode == "all":
+            skip = {tok.pad_token_id, *(tok.convert_tokens_to_ids(t) for t in self.visual_tokens)}
+            keep = torch.tensor([i not in skip for i in ids])
+            labels[keep] = input_ids[keep]
+            return labels
+        start = tok.encode(self.assistant_start, add_special_tokens=False)
+        for a, b in find_spans(ids, start, tok.convert_tokens_to_ids(self.turn_end)):
+            labels[a:b] = input_ids[a:b]
+        return labels
+
     def generate(
         self,
         model: Any,
@@ -48,7 +75,16 @@ class VideoLLMFamily(ABC):
         question: list[dict[str, str]],
         max_new_tokens: int = 32,
     ) -> str:
-        """The model's answer to ``question`` (messages up to the user turn), greedy by default."""
+        """The model's answer to ``question`` (messages up to the user turn), greedy."""
+        import torch
+
+        inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
+        batch = {k: (v.unsqueeze(0) if k in SEQUENCE_KEYS else v).to(model.device) for k, v in inputs.items()}
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        return processor.tokenizer.decode(
+            out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
+        ).strip()
 
     @abstractmethod
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:

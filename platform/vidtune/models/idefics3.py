@@ -16,14 +16,12 @@ model takes: every clip of a batch must then have the same number of frames (fra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vidtune.data.schema import PLACEHOLDER
-from vidtune.models.family import IGNORE, LabelMode, VideoLLMFamily, find_spans, register
+from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
 
 IMAGE, FAKE, GLOBAL, END = "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
 BOS, PAD = "<|begin_of_text|>", "<|endoftext|>"
@@ -39,8 +37,6 @@ CHAT_TEMPLATE = (
     "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
     "{{ '<end_of_utterance>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
-
-SEQUENCES = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def to_chat(messages: list[dict[str, str]], frames: int) -> list[dict[str, Any]]:
@@ -63,6 +59,9 @@ class Idefics3Family(VideoLLMFamily):
     vision_prefixes = ("model.vision_model.", "vision_model.")
     projector_prefixes = ("model.connector.", "connector.")
     language_prefixes = ("model.text_model.", "lm_head.", "text_model.")
+    assistant_start = "Assistant:"
+    turn_end = END
+    visual_tokens = (IMAGE, FAKE, GLOBAL)
 
     def encode(
         self,
@@ -79,40 +78,10 @@ class Idefics3Family(VideoLLMFamily):
         )
         batch = processor(text=[text], images=[frames], do_image_splitting=False, return_tensors="pt")
         # Sequences lose the batch dimension (collate pads and stacks them); the pixel tensors keep it.
-        out = {k: v[0] if k in SEQUENCES else v for k, v in batch.items()}
+        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
         if labels is not None:
             out["labels"] = self.labels(processor, out["input_ids"], labels)
         return out
-
-    def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
-        import torch
-
-        tok = processor.tokenizer
-        ids = input_ids.tolist()
-        labels = torch.full_like(input_ids, IGNORE)
-        if mode == "all":
-            skip = {tok.pad_token_id, *(tok.convert_tokens_to_ids(t) for t in (IMAGE, FAKE, GLOBAL))}
-            keep = torch.tensor([i not in skip for i in ids])
-            labels[keep] = input_ids[keep]
-            return labels
-        start = tok.encode("Assistant:", add_special_tokens=False)
-        end = tok.convert_tokens_to_ids(END)
-        for a, b in find_spans(ids, start, end):
-            labels[a:b] = input_ids[a:b]
-        return labels
-
-    def generate(
-        self, model, processor, frames: Sequence[np.ndarray], question, max_new_tokens: int = 32
-    ) -> str:
-        import torch
-
-        inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
-        batch = {k: (v.unsqueeze(0) if k in SEQUENCES else v).to(model.device) for k, v in inputs.items()}
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        return processor.tokenizer.decode(
-            out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        ).strip()
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
         return build_tiny_idefics3(out_dir, corpus)

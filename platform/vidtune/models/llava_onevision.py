@@ -14,13 +14,11 @@ must then have the same number of frames (the processor resizes frames to one si
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vidtune.models.family import IGNORE, LabelMode, VideoLLMFamily, find_spans, register
+from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
 from vidtune.models.qwen2_vl import to_chat
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
@@ -39,8 +37,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-SEQUENCES = ("input_ids", "attention_mask")
-
 
 class LlavaOnevisionFamily(VideoLLMFamily):
     name = "llava-onevision"
@@ -53,6 +49,9 @@ class LlavaOnevisionFamily(VideoLLMFamily):
         "image_newline",
     )
     language_prefixes = ("model.language_model.", "lm_head.", "language_model.")
+    assistant_start = "<|im_start|>assistant\n"
+    turn_end = "<|im_end|>"
+    visual_tokens = ("<video>", "<image>")
 
     def encode(
         self,
@@ -68,40 +67,10 @@ class LlavaOnevisionFamily(VideoLLMFamily):
         )
         batch = processor(text=[text], videos=[list(frames)], return_tensors="pt")
         # Sequences lose the batch dimension (collate pads and stacks them); pixel_values_videos keeps it.
-        out = {k: v[0] if k in SEQUENCES else v for k, v in batch.items()}
+        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
         if labels is not None:
             out["labels"] = self.labels(processor, out["input_ids"], labels)
         return out
-
-    def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
-        import torch
-
-        tok = processor.tokenizer
-        ids = input_ids.tolist()
-        labels = torch.full_like(input_ids, IGNORE)
-        if mode == "all":
-            skip = {tok.pad_token_id, processor.video_token_id, processor.image_token_id}
-            keep = torch.tensor([i not in skip for i in ids])
-            labels[keep] = input_ids[keep]
-            return labels
-        start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-        end = tok.convert_tokens_to_ids("<|im_end|>")
-        for a, b in find_spans(ids, start, end):
-            labels[a:b] = input_ids[a:b]
-        return labels
-
-    def generate(
-        self, model, processor, frames: Sequence[np.ndarray], question, max_new_tokens: int = 32
-    ) -> str:
-        import torch
-
-        inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
-        batch = {k: (v.unsqueeze(0) if k in SEQUENCES else v).to(model.device) for k, v in inputs.items()}
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        return processor.tokenizer.decode(
-            out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        ).strip()
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
         return build_tiny_llava_onevision(out_dir, corpus)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vidtune.data.schema import PLACEHOLDER
-from vidtune.models.family import IGNORE, LabelMode, VideoLLMFamily, find_spans, register
+from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
 
 
 def to_chat(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -44,6 +44,9 @@ class Qwen2VLFamily(VideoLLMFamily):
     vision_prefixes = ("model.visual.", "visual.")
     projector_prefixes = ("model.visual.merger.", "visual.merger.")
     language_prefixes = ("model.language_model.", "model.embed_tokens.", "lm_head.", "language_model.")
+    assistant_start = "<|im_start|>assistant\n"
+    turn_end = "<|im_end|>"
+    visual_tokens = ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
 
     def encode(
         self,
@@ -60,10 +63,7 @@ class Qwen2VLFamily(VideoLLMFamily):
         batch = processor(
             text=[text], videos=[list(frames)], return_tensors="pt", **self.video_kwargs(frames)
         )
-        out = {
-            k: v[0] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
-            for k, v in batch.items()
-        }
+        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
         if labels is not None:
             out["labels"] = self.labels(processor, out["input_ids"], labels)
         return out
@@ -71,43 +71,6 @@ class Qwen2VLFamily(VideoLLMFamily):
     def video_kwargs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
         """Extra processor arguments for a clip's video: none (Qwen2-VL numbers temporal patches 0, 1, ...)"""
         return {}
-
-    def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
-        import torch
-
-        tok = processor.tokenizer
-        ids = input_ids.tolist()
-        labels = torch.full_like(input_ids, IGNORE)
-        if mode == "all":
-            skip = {
-                tok.pad_token_id,
-                *(
-                    tok.convert_tokens_to_ids(t)
-                    for t in ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
-                ),
-            }
-            keep = torch.tensor([i not in skip for i in ids])
-            labels[keep] = input_ids[keep]
-            return labels
-        start = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-        end = tok.convert_tokens_to_ids("<|im_end|>")
-        for a, b in find_spans(ids, start, end):
-            labels[a:b] = input_ids[a:b]
-        return labels
-
-    def generate(
-        self, model, processor, frames: Sequence[np.ndarray], question, max_new_tokens: int = 32
-    ) -> str:
-        import torch
-
-        inputs = self.encode(processor, frames, question, labels=None, add_generation_prompt=True)
-        sequences = ("input_ids", "attention_mask", "mm_token_type_ids")
-        batch = {k: (v.unsqueeze(0) if k in sequences else v).to(model.device) for k, v in inputs.items()}
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        return processor.tokenizer.decode(
-            out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        ).strip()
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
         from vidtune.models.tiny import build_tiny_qwen2vl

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
-
 
 class EncodeClips:
     """One processor per Ray actor: clip rows in, encoded samples out (as numpy arrays)."""
