@@ -15,9 +15,27 @@ from typing import Any
 
 import numpy as np
 
+from vidtune.data.schema import PLACEHOLDER
+
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
 LabelMode = str  # "assistant": loss on assistant turns only (default); "all": every non-pad, non-visual token
+
+
+def to_chat(messages: list[dict[str, str]], visual: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """vidtune messages as a processor's content parts: the ``<video>`` placeholder (first user turn)
+    becomes ``visual`` (one video part, or one image part a frame), the text around it text parts."""
+    out = []
+    for m in messages:
+        text = m["content"]
+        if PLACEHOLDER in text:
+            before, after = text.split(PLACEHOLDER, 1)
+            parts = ([{"type": "text", "text": before}] if before else []) + list(visual)
+            parts += [{"type": "text", "text": after.lstrip("\n")}] if after.strip() else []
+        else:
+            parts = [{"type": "text", "text": text}]
+        out.append({"role": m["role"], "content": parts})
+    return out
 
 
 # Per-token tensors: one sample's lose the batch dimension in ``encode``; ``collate`` pads and stacks them.
@@ -47,6 +65,14 @@ class VideoLLMFamily(ABC):
         add_generation_prompt: bool = False,
     ) -> dict[str, Any]:
         """Processor inputs for one sample (unbatched tensors), with ``labels`` unless ``labels=None``."""
+
+    def sample(self, processor: Any, batch: Any, labels: LabelMode | None) -> dict[str, Any]:
+        """One sample from the processor's batch of one: sequences lose the batch dimension (collate
+        pads and stacks them), pixel tensors keep theirs; labels unless ``labels`` is None."""
+        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+        if labels is not None:
+            out["labels"] = self.labels(processor, out["input_ids"], labels)
+        return out
 
     def labels(self, processor: Any, input_ids: Any, mode: LabelMode) -> Any:
         """Labels for one sample's ``input_ids``: ``assistant``: every assistant turn from after

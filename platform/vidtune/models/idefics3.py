@@ -20,8 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vidtune.data.schema import PLACEHOLDER
-from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
+from vidtune.models.family import LabelMode, VideoLLMFamily, register, to_chat
 
 IMAGE, FAKE, GLOBAL, END = "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
 BOS, PAD = "<|begin_of_text|>", "<|endoftext|>"
@@ -37,21 +36,6 @@ CHAT_TEMPLATE = (
     "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
     "{{ '<end_of_utterance>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
-
-
-def to_chat(messages: list[dict[str, str]], frames: int) -> list[dict[str, Any]]:
-    """vidtune messages as content parts, the ``<video>`` placeholder as ``frames`` image parts."""
-    out = []
-    for m in messages:
-        text = m["content"]
-        if PLACEHOLDER in text:
-            before, after = text.split(PLACEHOLDER, 1)
-            parts = ([{"type": "text", "text": before}] if before else []) + [{"type": "image"}] * frames
-            parts += [{"type": "text", "text": after.lstrip("\n")}] if after.strip() else []
-        else:
-            parts = [{"type": "text", "text": text}]
-        out.append({"role": m["role"], "content": parts})
-    return out
 
 
 class Idefics3Family(VideoLLMFamily):
@@ -74,14 +58,12 @@ class Idefics3Family(VideoLLMFamily):
     ) -> dict[str, Any]:
         frames = list(frames)
         text = processor.apply_chat_template(
-            to_chat(messages, len(frames)), tokenize=False, add_generation_prompt=add_generation_prompt
+            to_chat(messages, [{"type": "image"}] * len(frames)),
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
         batch = processor(text=[text], images=[frames], do_image_splitting=False, return_tensors="pt")
-        # Sequences lose the batch dimension (collate pads and stacks them); the pixel tensors keep it.
-        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
-        if labels is not None:
-            out["labels"] = self.labels(processor, out["input_ids"], labels)
-        return out
+        return self.sample(processor, batch, labels)
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
         return build_tiny_idefics3(out_dir, corpus)

@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
-from vidtune.models.qwen2_vl import to_chat
+from vidtune.models.family import LabelMode, VideoLLMFamily, register, to_chat
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
@@ -63,14 +62,12 @@ class LlavaOnevisionFamily(VideoLLMFamily):
         add_generation_prompt: bool = False,
     ) -> dict[str, Any]:
         text = processor.apply_chat_template(
-            to_chat(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            to_chat(messages, [{"type": "video"}]),
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
         batch = processor(text=[text], videos=[list(frames)], return_tensors="pt")
-        # Sequences lose the batch dimension (collate pads and stacks them); pixel_values_videos keeps it.
-        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
-        if labels is not None:
-            out["labels"] = self.labels(processor, out["input_ids"], labels)
-        return out
+        return self.sample(processor, batch, labels)
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:
         return build_tiny_llava_onevision(out_dir, corpus)

@@ -20,23 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from vidtune.data.schema import PLACEHOLDER
-from vidtune.models.family import SEQUENCE_KEYS, LabelMode, VideoLLMFamily, register
+from vidtune.models.family import LabelMode, VideoLLMFamily, register, to_chat
 
-
-def to_chat(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """vidtune messages (``<video>`` in the first user turn) as the processor's content parts."""
-    out = []
-    for m in messages:
-        text = m["content"]
-        if PLACEHOLDER in text:
-            before, after = text.split(PLACEHOLDER, 1)
-            parts = ([{"type": "text", "text": before}] if before else []) + [{"type": "video"}]
-            parts += [{"type": "text", "text": after.lstrip("\n")}] if after.strip() else []
-        else:
-            parts = [{"type": "text", "text": text}]
-        out.append({"role": m["role"], "content": parts})
-    return out
+VIDEO = [{"type": "video"}]  # the clip's frames go in as one video content part
 
 
 class Qwen2VLFamily(VideoLLMFamily):
@@ -58,15 +44,12 @@ class Qwen2VLFamily(VideoLLMFamily):
         add_generation_prompt: bool = False,
     ) -> dict[str, Any]:
         text = processor.apply_chat_template(
-            to_chat(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            to_chat(messages, VIDEO), tokenize=False, add_generation_prompt=add_generation_prompt
         )
         batch = processor(
             text=[text], videos=[list(frames)], return_tensors="pt", **self.video_kwargs(frames)
         )
-        out = {k: v[0] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
-        if labels is not None:
-            out["labels"] = self.labels(processor, out["input_ids"], labels)
-        return out
+        return self.sample(processor, batch, labels)
 
     def video_kwargs(self, frames: Sequence[np.ndarray]) -> dict[str, Any]:
         """Extra processor arguments for a clip's video: none (Qwen2-VL numbers temporal patches 0, 1, ...)"""
