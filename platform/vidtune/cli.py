@@ -19,6 +19,7 @@ STAGE_HELP = {
     "mix": "combine datasets by counts or ratios into a new dataset",
     "train": "fine-tune a video LLM on Ray Train with DeepSpeed",
     "diversity": "instruction diversity of datasets: embeddings, Vendi score, t-SNE plot",
+    "serve": "serve a model over an OpenAI-compatible HTTP API on Ray Serve (until Ctrl-C)",
 }
 
 
@@ -95,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in STAGE_HELP:
             from vidtune.stages import run_stage
 
-            run_stage(_job(args), args.command)
+            job = _job(args)
+            if args.command == "serve" and job.serve is not None and job.serve.block is None:
+                job.serve.block = True  # `vidtune serve` serves until stopped, terminal or not
+            run_stage(job, args.command)
         elif args.command == "run":
             from vidtune.stages import run_pipeline
 

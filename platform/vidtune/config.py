@@ -284,9 +284,72 @@ class MixConfig(Section):
         return self
 
 
+class AutoscalingSection(Section):
+    """Ray Serve autoscaling: replicas follow the requests each replica has in flight."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = 8
+
+
+class ServeExample(Section):
+    """One request the serve stage sends once the app is up: the answer and a ``curl`` line to copy."""
+
+    video: str = Field(description="a video path inside allowed_roots, or any URL the app accepts")
+    question: str
+    max_tokens: PositiveInt = 16
+
+
+class ServeConfig(Section):
+    """The Ray Serve app: which model, how it scales and batches, and what a request may ask of it.
+
+    Frames are sampled as the model was trained (``vidtune.json`` beside it); a request may override
+    ``frames`` and ``max_pixels`` up to ``max_frames`` and ``max_pixels``.
+    """
+
+    model: str = Field(
+        description="models:/NAME/VERSION or models:/NAME/latest, runs:/RUN_ID/model, or a Hugging Face "
+        "folder (local or s3://) with vidtune.json"
+    )
+    name: str | None = Field(None, description="the model id in /v1/models; defaults to the registered name")
+    host: str = "127.0.0.1"
+    port: PositiveInt = 8000
+    route_prefix: str = "/"
+    app_name: str = "vidtune"
+    num_replicas: PositiveInt = 1
+    autoscaling: AutoscalingSection | None = None
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 1}, description="per replica, e.g. {num_cpus: 4, num_gpus: 1}"
+    )
+    max_batch_size: PositiveInt = Field(8, description="requests answered by one generate call (1: off)")
+    batch_wait_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: PositiveInt = Field(32, description="per replica; beyond it requests queue")
+    max_queued_requests: int = Field(64, ge=-1, description="beyond it requests get 503 (-1: no limit)")
+    allowed_roots: list[str] = Field(
+        default_factory=list, description="local folders a request may name videos in (none: no paths)"
+    )
+    allowed_schemes: list[Literal["data", "http", "https", "s3", "file"]] = Field(
+        default_factory=lambda: ["data", "http", "https", "s3", "file"]
+    )
+    max_video_mb: PositiveFloat = 64
+    max_duration_s: PositiveFloat = Field(3600, description="longer videos get 413")
+    fetch_timeout_s: PositiveFloat = 10
+    max_frames: PositiveInt = Field(64, description="most frames a request may ask for")
+    max_pixels: PositiveInt = Field(448 * 448, description="most pixels a frame a request may ask for")
+    max_tokens: PositiveInt = Field(1024, description="most new tokens a request may ask for")
+    default_max_tokens: PositiveInt = 256
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the bearer token clients must send (none: open)"
+    )
+    block: bool | None = Field(
+        None, description="keep serving until Ctrl-C after the stage (none: when run from a terminal)"
+    )
+    example: ServeExample | None = None
+
+
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "synth", "mix", "diversity", "train"]] = Field(
+    stages: list[Literal["prepare", "synth", "mix", "diversity", "train", "serve"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
     storage: StorageConfig = StorageConfig()
@@ -297,6 +360,7 @@ class JobConfig(Section):
     mix: MixConfig | None = None
     diversity: DiversityConfig | None = None
     train: TrainConfig | None = None
+    serve: ServeConfig | None = None
 
     @model_validator(mode="after")
     def _stages_have_sections(self) -> JobConfig:

@@ -42,12 +42,19 @@ def _mix(job: JobConfig, tracker: StageRun) -> Any:
     return mix(job, tracker)
 
 
+def _serve(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.serving.stage import serve_stage
+
+    return serve_stage(job, tracker)
+
+
 STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {
     "prepare": _prepare,
     "synth": _synth,
     "mix": _mix,
     "diversity": _diversity,
     "train": _train,
+    "serve": _serve,
 }
 
 
@@ -111,6 +118,23 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
             f"  model: {result.model_uri}"
             + (f"  (registered: {result.registered})" if result.registered else "")
         )
+    elif stage == "serve":
+        version = f" (version {result.version})" if result.version else ""
+        lines.append(f"  {result.model_id}: {result.model}{version} on {result.replicas} replica(s)")
+        lines.append(f"  OpenAI-compatible API: {result.url}/v1  (models: {result.url}/v1/models)")
+        if result.example is not None:
+            ex = result.example
+            video, question = (part for part in ex["request"]["messages"][0]["content"])
+            lines.append(f"  asked: {question['text']!r} about {video['video_url']['url']}")
+            lines.append(
+                f"  answer: {ex['answer']!r} in {ex['seconds']:.2f}s "
+                f"({ex['response']['usage']['prompt_tokens']} prompt tokens)"
+            )
+            lines.append(f"  try it:\n    {result.curl}")
+        if not result.block:
+            lines.append(
+                "  the app stops with this process; `vidtune serve JOB.yaml` keeps it up until Ctrl-C"
+            )
     lines.append(f"  MLflow: {tracker.url}")
     return "\n".join(lines)
 
@@ -121,6 +145,8 @@ def run_stage(job: JobConfig, stage: str, echo: Callable[[str], None] = print) -
     with stage_run(job, stage) as tracker:
         result = STAGES[stage](job, tracker)
         echo(summarize(stage, result, tracker))
+        if stage == "serve":
+            result.hold(echo)  # the serving run stays open while the app serves
     return result
 
 

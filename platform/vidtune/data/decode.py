@@ -279,6 +279,16 @@ def _resize(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
 
 
+def probe(source: Source) -> VideoMeta:
+    """A video's frame count, rate and size from its header, without decoding a frame."""
+    reader = PyAVReader()
+    container = reader._open(source)
+    try:
+        return reader._meta(container)
+    finally:
+        container.close()
+
+
 READERS: dict[str, type[FrameReader]] = {"pyav": PyAVReader, "decord": DecordReader}
 DEFAULT_BACKEND = "pyav"  # fastest for exact frames in `vidtune bench decode` (README: Performance)
 

@@ -180,10 +180,11 @@ def load_kwargs(use_gpu: bool, bf16: bool | None = None) -> dict[str, Any]:
 IMAGE_AXIS_KEYS = ("pixel_values", "pixel_attention_mask")
 
 
-def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Pad (right) and stack encoded samples into a batch: what a training worker does per step.
+def collate(samples: list[dict[str, Any]], pad_id: int, side: str = "right") -> dict[str, Any]:
+    """Pad and stack encoded samples into a batch: what a training worker does per step.
 
-    Sequence tensors are padded (``input_ids`` with ``pad_id``, ``labels`` with ``IGNORE``, masks with 0);
+    Sequence tensors are padded (``input_ids`` with ``pad_id``, ``labels`` with ``IGNORE``, masks with 0),
+    on the right for training and on the left for batched ``generate`` (new tokens append to every row);
     visual tensors (``pixel_values_videos``, ``video_grid_thw``, ...) are concatenated in sample order.
     """
     import torch
@@ -194,8 +195,11 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     for key in samples[0]:
         values = [s[key] for s in samples]
         if key in fill:
+            pads = [
+                (0, longest - v.shape[0]) if side == "right" else (longest - v.shape[0], 0) for v in values
+            ]
             batch[key] = torch.stack(
-                [torch.nn.functional.pad(v, (0, longest - v.shape[0]), value=fill[key]) for v in values]
+                [torch.nn.functional.pad(v, p, value=fill[key]) for v, p in zip(values, pads, strict=True)]
             )
         elif values[0].dim() >= 3 and key in IMAGE_AXIS_KEYS:
             # (1, images, ...) per sample: clips with fewer frames get all-zero images, which the

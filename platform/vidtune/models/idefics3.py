@@ -62,7 +62,9 @@ class Idefics3Family(VideoLLMFamily):
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
-        batch = processor(text=[text], images=[frames], do_image_splitting=False, return_tensors="pt")
+        batch = processor(
+            text=[text], images=[frames] if frames else None, do_image_splitting=False, return_tensors="pt"
+        )
         return self.sample(processor, batch, labels)
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:

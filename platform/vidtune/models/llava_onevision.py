@@ -66,7 +66,7 @@ class LlavaOnevisionFamily(VideoLLMFamily):
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
-        batch = processor(text=[text], videos=[list(frames)], return_tensors="pt")
+        batch = processor(text=[text], videos=[list(frames)] if len(frames) else None, return_tensors="pt")
         return self.sample(processor, batch, labels)
 
     def build_tiny(self, out_dir: str | Path, corpus: Iterable[str]) -> Path:

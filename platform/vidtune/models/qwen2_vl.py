@@ -47,7 +47,10 @@ class Qwen2VLFamily(VideoLLMFamily):
             to_chat(messages, VIDEO), tokenize=False, add_generation_prompt=add_generation_prompt
         )
         batch = processor(
-            text=[text], videos=[list(frames)], return_tensors="pt", **self.video_kwargs(frames)
+            text=[text],
+            videos=[list(frames)] if len(frames) else None,
+            return_tensors="pt",
+            **(self.video_kwargs(frames) if len(frames) else {}),
         )
         return self.sample(processor, batch, labels)
 
