@@ -56,7 +56,7 @@ def resolve_model(source: str, tracking_uri: str | None = None) -> tuple[str, st
     name, _, ref = source.removeprefix("models:/").partition("/")
     if not ref or ref.isdigit():
         return source, ref or None
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if ref == "latest":
         versions = client.search_model_versions(f"name='{name}'")
         if not versions:
@@ -74,6 +74,12 @@ def fetch_model(uri: str, tracking_uri: str | None = None, endpoint_url: str | N
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
 
+        if uri.startswith("models:/"):
+            # The registry lives where the runs do; ask it for the version's files explicitly, since
+            # download_artifacts alone would look in this process's default registry.
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            name, version = uri.removeprefix("models:/").split("/")[:2]
+            uri = client.get_model_version_download_uri(name, version)
         dst = tempfile.mkdtemp(prefix="vidtune-serve-")
         return Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
