@@ -174,7 +174,7 @@ def test_openai_client_gets_the_answer_for_a_video_data_url(served):
     client = OpenAI(base_url=f"{served['url']}/v1", api_key="unused")
     assert [m.id for m in client.models.list().data] == ["model"]
     right = 0
-    for (first, second), video in list(served["videos"].items())[:6]:
+    for (first, _), video in list(served["videos"].items())[:6]:
         out = client.chat.completions.create(model="model", **video_body(data_url(video)))
         right += out.choices[0].message.content.strip() == first
     assert right >= 5  # the model learned the first colour; chance is 1 in 4
@@ -254,7 +254,7 @@ def test_concurrent_requests_are_batched_and_all_answered(served):
 
 
 def test_bad_inputs_get_their_status_and_an_openai_error_body(served):
-    url, media, root = f"{served['url']}/v1/chat/completions", served["media"], served["root"]
+    url, media = f"{served['url']}/v1/chat/completions", served["media"]
     silent = socket.socket()  # accepts connections, never answers: the fetch must time out
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
