@@ -91,3 +91,28 @@ def test_shipped_job_files_validate():
     t = paper.train
     assert t.micro_batch * t.grad_accum * t.num_workers == 64 and t.lr == 5e-6 and t.zero_stage == 3
     assert (paper.mix.sources[0].count, paper.prepare.sampling.frames) == (20000, 24)
+
+
+def test_shipped_serve_configs_are_what_serve_and_the_app_accept():
+    """``serve/*.yaml`` parse as Ray Serve config files, point at the app builder, and their ``args``
+    are valid app arguments (a misspelt key would fail the deploy on the cluster, not here)."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from vidtune.serving.app import AppArgs, build_app
+
+    files = sorted((Path(__file__).parent.parent / "serve").glob("*.yaml"))
+    assert {f.name for f in files} >= {"demo.yaml", "gpu.yaml"}
+    for path in files:
+        config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+        for app in config.applications:
+            module, _, attr = app.import_path.partition(":")
+            assert getattr(importlib.import_module(module), attr) is build_app
+            args = AppArgs(**app.args)
+            assert args.model.startswith("models:/")
+    gpu_config = ServeDeploySchema.model_validate(yaml.safe_load(files[1].read_text()))
+    gpu = AppArgs(**gpu_config.applications[0].args)
+    assert gpu.ray_actor_options["num_gpus"] == 1 and "file" not in gpu.allowed_schemes and gpu.api_key_env

@@ -96,6 +96,14 @@ class StageRun:
         mlflow.set_tags(values)
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """Workers run elsewhere (another directory, another node): a relative sqlite path must not move."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
 def configure(job: JobConfig) -> None:
     mlflow.set_tracking_uri(job.tracking.uri)
     mlflow.set_experiment(job.experiment)

@@ -236,13 +236,20 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
 
 def resolve(args: dict[str, Any] | AppArgs) -> AppArgs:
     """The arguments as the replicas get them: ``models:/NAME/latest`` pinned to its current version
-    (every replica serves the same one), allowed roots made absolute, and the API key read from
-    ``api_key_env`` and replaced by its hash (the key never reaches Serve's config or the replicas)."""
+    (every replica serves the same one), the tracking URI and allowed roots made absolute, and the API
+    key read from ``api_key_env`` and replaced by its hash (the key never reaches Serve's config or the
+    replicas)."""
+    import mlflow
+
     from vidtune.serving.engine import resolve_model
+    from vidtune.tracking import absolute_tracking_uri
 
     a = args if isinstance(args, AppArgs) else AppArgs(**args)
-    uri, version = resolve_model(a.model, a.tracking_uri)
+    # Replicas run in other directories and on other nodes: a relative sqlite path must not move.
+    tracking_uri = absolute_tracking_uri(a.tracking_uri or mlflow.get_tracking_uri())
+    uri, version = resolve_model(a.model, tracking_uri)
     updates: dict[str, Any] = {
+        "tracking_uri": tracking_uri,
         "model": uri,
         "version": version,
         "name": a.name or model_name(a.model),

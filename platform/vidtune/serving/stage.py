@@ -91,13 +91,12 @@ def serve_stage(job: JobConfig, tracker: Any) -> ServeResult:
 
     from vidtune.cluster import ensure_ray
     from vidtune.serving.app import AppArgs, resolve, start
-    from vidtune.train.stage import absolute_tracking_uri
 
     cfg: ServeConfig = job.section(STAGE)
     args = resolve(
         AppArgs(
             **cfg.model_dump(),
-            tracking_uri=absolute_tracking_uri(mlflow.get_tracking_uri()),
+            tracking_uri=mlflow.get_tracking_uri(),
             s3_endpoint_url=job.storage.endpoint_url,
         )
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from vidtune.config import JobConfig, TrainConfig
 from vidtune.storage import Storage
+from vidtune.tracking import absolute_tracking_uri
 
 STAGE = "train"
 
@@ -94,14 +95,6 @@ def loop_config(cfg: TrainConfig, model_path: str) -> Any:
         seed=cfg.seed,
         log_every=max(1, cfg.steps // 10),
     )
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """Workers run elsewhere (another directory, another node): a relative sqlite path must not move."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 def prepare_run_folder(storage: Storage, name: str, resume: bool) -> str:
