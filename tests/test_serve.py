@@ -115,7 +115,8 @@ def served(ray_local, tmp_path_factory):
     model = train_tiny(root, videos)
 
     port = _free_port()
-    common = dict(model=str(model), port=port, ray_actor_options={"num_cpus": 0.5})
+    cpus = {"num_cpus": 0.25}
+    common = dict(model=str(model), port=port, ray_actor_options=cpus, ingress_actor_options=cpus)
     main = resolve(
         AppArgs(
             **common,
@@ -348,7 +349,8 @@ def test_serve_stage_pins_the_latest_registered_version_and_records_it(served, m
             "port": served["url"].rsplit(":", 1)[1].split("/")[0],
             "app_name": "stage",
             "route_prefix": "/stage",
-            "ray_actor_options": {"num_cpus": 0.5},
+            "ray_actor_options": {"num_cpus": 0.25},
+            "ingress_actor_options": {"num_cpus": 0.25},
             "allowed_roots": [str(served["media"])],
             "block": False,
             "example": {"video": str(served["videos"][PAIRS[7]]), "question": QUESTION, "max_tokens": 4},

@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--side", type=int, default=112, help="frame width and height in pixels")
     trn.add_argument("--json", help="also write the results as JSON here")
 
+    srv = bench_sub.add_parser(
+        "serve", help="the Serve app's requests/s and latency, batching on and off, against a direct call"
+    )
+    srv.add_argument("--frames", type=int, default=8)
+    srv.add_argument("--max-pixels", type=int, default=224 * 224)
+    srv.add_argument(
+        "--max-tokens", type=int, default=64, help="new tokens a request (random weights: it writes them all)"
+    )
+    srv.add_argument("--port", type=int, default=8011)
+    srv.add_argument("--quick", action="store_true", help="fewer requests (a smoke run, not the figures)")
+    srv.add_argument("--json", help="also write the results as JSON here")
+
     demo = sub.add_parser("demo-data", help="generate the demo's videos, manifests and long-text QA")
     demo.add_argument("--out", default="./vidtune-data/inputs")
     demo.add_argument("--videos", type=int, default=48)
@@ -131,6 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 micro_batch=args.micro_batch,
                 frames=args.frames,
                 side=args.side,
+                json_out=args.json,
+            )
+        elif args.command == "bench" and args.bench == "serve":
+            from vidtune.bench.serve import run_serve_bench
+
+            run_serve_bench(
+                frames=args.frames,
+                max_pixels=args.max_pixels,
+                max_tokens=args.max_tokens,
+                quick=args.quick,
+                port=args.port,
                 json_out=args.json,
             )
         elif args.command == "demo-data":

@@ -316,14 +316,17 @@ class ServeConfig(Section):
     port: PositiveInt = 8000
     route_prefix: str = "/"
     app_name: str = "vidtune"
-    num_replicas: PositiveInt = 1
-    autoscaling: AutoscalingSection | None = None
+    num_replicas: PositiveInt = Field(1, description="model replicas")
+    autoscaling: AutoscalingSection | None = Field(None, description="model replicas that follow the load")
     ray_actor_options: dict[str, Any] = Field(
-        default_factory=lambda: {"num_cpus": 1}, description="per replica, e.g. {num_cpus: 4, num_gpus: 1}"
+        default_factory=lambda: {"num_cpus": 1},
+        description="per model replica, e.g. {num_cpus: 4, num_gpus: 1}",
     )
+    ingress_replicas: PositiveInt = Field(1, description="HTTP replicas: fetch, decode and encode on CPU")
+    ingress_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1})
     max_batch_size: PositiveInt = Field(8, description="requests answered by one generate call (1: off)")
     batch_wait_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
-    max_ongoing_requests: PositiveInt = Field(32, description="per replica; beyond it requests queue")
+    max_ongoing_requests: PositiveInt = Field(32, description="per HTTP replica; beyond it requests queue")
     max_queued_requests: int = Field(64, ge=-1, description="beyond it requests get 503 (-1: no limit)")
     allowed_roots: list[str] = Field(
         default_factory=list, description="local folders a request may name videos in (none: no paths)"

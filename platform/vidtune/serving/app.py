@@ -1,11 +1,12 @@
-"""The Ray Serve deployment: a FastAPI ingress speaking OpenAI's chat-completions API.
+"""The Ray Serve application: a FastAPI ingress speaking OpenAI's chat-completions API, and the model.
 
-Each replica loads the model once. A request is validated, its video fetched and decoded in a worker
-thread (never on the event loop), encoded, and handed to :meth:`VideoLLMServer.answer`, which
-``@serve.batch`` calls with every request that arrived within ``batch_wait_s`` (up to
-``max_batch_size``): one ``generate`` call answers them all. Replicas scale by ``num_replicas`` or
-autoscaling; past ``max_ongoing_requests`` a replica takes no more and past ``max_queued_requests`` the
-proxy answers 503, so load sheds instead of piling up.
+Two deployments, as Serve composes models: ``VideoLLMServer`` (the ingress, CPU replicas) validates and
+authorizes a request, fetches and decodes its video and encodes the prompt in worker threads (never on
+the event loop); ``Generator`` (the model replicas, on GPUs on a cluster) answers the encoded requests,
+``@serve.batch`` grouping those that arrive within ``batch_wait_s`` (up to ``max_batch_size``) into one
+``generate`` call. Decoding then scales with CPU replicas and never takes the model's time. Model replicas
+scale by ``num_replicas`` or autoscaling; past ``max_ongoing_requests`` an ingress replica takes no more
+and past ``max_queued_requests`` the proxy answers 503, so load sheds instead of piling up.
 
 ``build_app`` is the application builder ``serve run`` / ``serve deploy`` call with a config file's
 ``args`` (see ``serve/``); ``vidtune serve`` calls it with a job file's ``serve`` section.
@@ -18,6 +19,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Header, Request
@@ -25,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from vidtune.config import ServeConfig
@@ -81,22 +84,91 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-@serve.deployment(name="VideoLLM")
-@serve.ingress(api)
-class VideoLLMServer:
+def result(row: Any) -> dict[str, Any]:
+    return {
+        "text": row.text,
+        "finish_reason": row.finish_reason,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+    }
+
+
+@serve.deployment(name="Generator")
+class Generator:
+    """The model: batched ``generate`` on the replica's device (a GPU when it is given one).
+
+    Requests arrive encoded from the ingress, so this replica spends its time generating, not decoding
+    video; ``@serve.batch`` groups the requests that arrive within ``batch_wait_s``."""
+
     def __init__(self, args: dict[str, Any]):
         from vidtune.serving.engine import Engine, fetch_model
-        from vidtune.serving.media import MediaLimits
 
         self.args = AppArgs(**args)
-        folder = fetch_model(self.args.model, self.args.tracking_uri, self.args.s3_endpoint_url)
-        self.engine = Engine(folder)
-        self.limits = MediaLimits.of(self.args, self.args.s3_endpoint_url)
-        self.model_id = self.args.name or model_name(self.args.model)
-        self.created = int(time.time())
+        self.engine = Engine(fetch_model(self.args.model, self.args.tracking_uri, self.args.s3_endpoint_url))
         self.batch_sizes: Counter[int] = Counter()
         self.answer.set_max_batch_size(self.args.max_batch_size)
         self.answer.set_batch_wait_timeout_s(self.args.batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def answer(self, rows: list[Any]) -> list[Any]:
+        self.batch_sizes[len(rows)] += 1
+        await asyncio.to_thread(self.engine.run, rows)
+        return rows
+
+    async def generate(self, inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        from vidtune.serving.engine import Generation
+
+        row = Generation(inputs, **params)
+        await self.answer(row)
+        return result(row)
+
+    async def stream(
+        self, inputs: dict[str, Any], params: dict[str, Any]
+    ) -> AsyncIterator[str | dict[str, Any]]:
+        """The answer's text as it is produced, then the :func:`result` dict."""
+        from vidtune.serving.engine import Generation
+
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        row = Generation(
+            inputs, **params, on_text=lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)
+        )
+        task = asyncio.create_task(self.answer(row))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        while (piece := await queue.get()) is not None:
+            yield piece
+        await task
+        yield result(row)
+
+    def stats(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "device": self.engine.device,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+
+@serve.deployment(name="VideoLLM")
+@serve.ingress(api)
+class VideoLLMServer:
+    """The HTTP ingress: validates, authorizes, fetches and decodes the video, encodes the prompt (on
+    CPU, in worker threads), and hands the encoded request to the :class:`Generator`."""
+
+    def __init__(self, generator: DeploymentHandle, args: dict[str, Any]):
+        from vidtune.serving.engine import Preprocessor, fetch_model
+        from vidtune.serving.media import MediaLimits
+
+        self.generator = generator
+        self.args = AppArgs(**args)
+        folder = fetch_model(
+            self.args.model, self.args.tracking_uri, self.args.s3_endpoint_url, weights=False
+        )
+        self.pre = Preprocessor(folder)
+        self.limits = MediaLimits.of(self.args, self.args.s3_endpoint_url)
+        self.model_id = self.args.name or model_name(self.args.model)
+        self.created = int(time.time())
 
     def _authorize(self, authorization: str | None) -> None:
         if self.args.api_key_sha256 is None:
@@ -119,24 +191,12 @@ class VideoLLMServer:
         return {"object": "list", "data": [card]}
 
     @api.get("/stats")
-    def stats(self) -> dict[str, Any]:
-        """Batches this replica ran, by size: how well concurrent requests were batched."""
-        return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def answer(self, rows: list[Any]) -> list[Any]:
-        self.batch_sizes[len(rows)] += 1
-        await asyncio.to_thread(self.engine.run, rows)
-        return rows
+    async def stats(self) -> dict[str, Any]:
+        """Batches a generator replica ran, by size: how well concurrent requests were batched."""
+        return await self.generator.stats.remote()
 
     @api.post("/v1/chat/completions")
-    async def chat(
-        self,
-        body: ChatRequest,
-        request: Request,
-        authorization: str | None = Header(None),
-    ) -> Any:
-        from vidtune.serving.engine import Generation
+    async def chat(self, body: ChatRequest, authorization: str | None = Header(None)) -> Any:
         from vidtune.serving.prompt import clip_of
 
         self._authorize(authorization)
@@ -155,46 +215,58 @@ class VideoLLMServer:
                 f"max_tokens {max_tokens} is over this server's {self.args.max_tokens}",
                 param="max_tokens",
             )
+        started = time.perf_counter()
         clip = await asyncio.to_thread(clip_of, body, sampling, max_pixels, self.limits)
-        inputs = await asyncio.to_thread(self.engine.encode, clip.messages, clip.frames)
-        row = Generation(inputs, max_tokens, body.temperature, body.top_p, body.seed, body.stops)
+        decoded = time.perf_counter()
+        inputs = await asyncio.to_thread(self.pre.encode, clip.messages, clip.frames)
+        encoded = time.perf_counter()
+        params = {
+            "max_tokens": max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "seed": body.seed,
+            "stops": body.stops,
+        }
         cid = completion_id()
         if not body.stream:
-            await self.answer(row)
-            return completion(
-                cid, self.model_id, row.text, row.finish_reason, row.prompt_tokens, row.completion_tokens
+            out = await self.generator.generate.remote(inputs, params)
+            answer = completion(
+                cid,
+                self.model_id,
+                out["text"],
+                out["finish_reason"],
+                out["prompt_tokens"],
+                out["completion_tokens"],
             )
+            # Where the time went, for browsers' dev tools and `vidtune bench serve` (W3C Server-Timing).
+            timing = {
+                "media": decoded - started,
+                "encode": encoded - decoded,
+                "generate": time.perf_counter() - encoded,
+            }
+            header = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
+            return JSONResponse(answer, headers={"Server-Timing": header})
 
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        row.on_text = lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)
-        task = asyncio.create_task(self.answer(row))
-        task.add_done_callback(lambda _: queue.put_nowait(None))
+        pieces = self.generator.options(stream=True).stream.remote(inputs, params)
         include_usage = bool((body.stream_options or {}).get("include_usage"))
 
-        async def events():
+        async def events() -> AsyncIterator[str]:
             yield _sse(chunk(cid, self.model_id, {"role": "assistant", "content": ""}))
-            while (piece := await queue.get()) is not None:
-                yield _sse(chunk(cid, self.model_id, {"content": piece}))
-            await task
-            yield _sse(chunk(cid, self.model_id, {}, row.finish_reason))
-            if include_usage:
-                yield _sse(
-                    chunk(
-                        cid,
-                        self.model_id,
-                        {},
-                        usage_=usage(row.prompt_tokens, row.completion_tokens),
-                        choices=False,
-                    )
-                )
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    yield _sse(chunk(cid, self.model_id, {"content": piece}))
+                    continue
+                yield _sse(chunk(cid, self.model_id, {}, piece["finish_reason"]))
+                if include_usage:
+                    counts = usage(piece["prompt_tokens"], piece["completion_tokens"])
+                    yield _sse(chunk(cid, self.model_id, {}, usage_=counts, choices=False))
             yield _sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     def _sampling(self, body: ChatRequest) -> tuple[Any, int]:
         """The model's frame sampling and pixel budget, with the request's overrides inside the limits."""
-        settings = self.engine.settings
+        settings = self.pre.settings
         sampling, max_pixels = settings.sampling, settings.max_pixels
         if body.frames is not None:
             if body.frames > self.args.max_frames:
@@ -221,17 +293,29 @@ def model_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] or "model"
 
 
-def deployment_options(args: AppArgs) -> dict[str, Any]:
+def generator_options(args: AppArgs) -> dict[str, Any]:
+    """The model replicas: as many, and with the resources, the section says; they take every request
+    the ingress replicas hold, so that batches can fill."""
     opts: dict[str, Any] = {
         "ray_actor_options": args.ray_actor_options,
-        "max_ongoing_requests": max(args.max_ongoing_requests, args.max_batch_size),
-        "max_queued_requests": args.max_queued_requests,
+        "max_ongoing_requests": max(args.max_ongoing_requests * args.ingress_replicas, args.max_batch_size),
     }
     if args.autoscaling is not None:
         opts["autoscaling_config"] = args.autoscaling.model_dump()
     else:
         opts["num_replicas"] = args.num_replicas
     return opts
+
+
+def ingress_options(args: AppArgs) -> dict[str, Any]:
+    """The HTTP replicas: past ``max_ongoing_requests`` each and ``max_queued_requests`` waiting at the
+    proxy, requests get 503."""
+    return {
+        "num_replicas": args.ingress_replicas,
+        "ray_actor_options": args.ingress_actor_options,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "max_queued_requests": args.max_queued_requests,
+    }
 
 
 def resolve(args: dict[str, Any] | AppArgs) -> AppArgs:
@@ -265,7 +349,9 @@ def resolve(args: dict[str, Any] | AppArgs) -> AppArgs:
 
 def application(args: AppArgs) -> serve.Application:
     """The deployment bound to resolved arguments (see :func:`resolve`)."""
-    return VideoLLMServer.options(**deployment_options(args)).bind(args.model_dump(mode="json"))
+    raw = args.model_dump(mode="json")
+    generator = Generator.options(**generator_options(args)).bind(raw)
+    return VideoLLMServer.options(**ingress_options(args)).bind(generator, raw)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -67,10 +67,23 @@ def resolve_model(source: str, tracking_uri: str | None = None) -> tuple[str, st
     return f"models:/{name}/{version}", version
 
 
-def fetch_model(uri: str, tracking_uri: str | None = None, endpoint_url: str | None = None) -> Path:
-    """A local folder holding the model: MLflow URIs are downloaded, ``s3://`` folders copied."""
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # what a replica without the model skips
+
+
+def _wanted(name: str, weights: bool) -> bool:
+    return weights or not name.endswith(WEIGHTS)
+
+
+def fetch_model(
+    uri: str, tracking_uri: str | None = None, endpoint_url: str | None = None, weights: bool = True
+) -> Path:
+    """A local folder holding the model: MLflow URIs are downloaded, ``s3://`` folders copied.
+
+    ``weights=False`` fetches the processor, tokenizer, config and ``vidtune.json`` only: what the
+    ingress needs to decode and encode requests, without pulling a 7B model onto a CPU node."""
     from vidtune.storage import filesystem, is_remote
 
+    dst = Path(tempfile.mkdtemp(prefix="vidtune-serve-")) / "model"
     if uri.startswith(("models:/", "runs:/")):
         import mlflow
 
@@ -80,14 +93,27 @@ def fetch_model(uri: str, tracking_uri: str | None = None, endpoint_url: str | N
             client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             name, version = uri.removeprefix("models:/").split("/")[:2]
             uri = client.get_model_version_download_uri(name, version)
-        dst = tempfile.mkdtemp(prefix="vidtune-serve-")
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri)
-        )
+        if weights:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri
+                )
+            )
+        dst.mkdir(parents=True)
+        for f in mlflow.artifacts.list_artifacts(artifact_uri=uri, tracking_uri=tracking_uri):
+            name = f.path.rsplit("/", 1)[-1]
+            if not f.is_dir and _wanted(name, weights):
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{uri.rstrip('/')}/{name}", dst_path=str(dst), tracking_uri=tracking_uri
+                )
+        return dst
     if is_remote(uri):
         fs, path = filesystem(uri, endpoint_url)
-        dst = Path(tempfile.mkdtemp(prefix="vidtune-serve-")) / "model"
-        fs.get(path.rstrip("/") + "/", str(dst), recursive=True)
+        dst.mkdir(parents=True)
+        for f in fs.ls(path.rstrip("/"), detail=False):
+            name = f.rsplit("/", 1)[-1]
+            if _wanted(name, weights):
+                fs.get(f, str(dst / name), recursive=True)
         return dst
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_dir():
@@ -182,23 +208,39 @@ class _RowStreamer:
                 row._emit()
 
 
-class Engine:
-    """A loaded model with its processor, family adapter and settings."""
+class Preprocessor:
+    """What turns a request's frames and messages into model inputs: the family adapter, the processor
+    and the sampling settings. No weights: the ingress replicas run this on CPU."""
 
-    def __init__(self, folder: str | Path, use_gpu: bool | None = None):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    def __init__(self, folder: str | Path):
+        from transformers import AutoProcessor
 
-        from vidtune.models.family import get_family, load_kwargs
+        from vidtune.models.family import get_family
 
         self.folder = Path(folder)
         self.settings = ModelSettings.read(self.folder)
         self.family = get_family(self.settings.family)
+        self.processor = AutoProcessor.from_pretrained(self.folder)
+
+    def encode(self, messages: list[dict[str, str]], frames: list[Any]) -> dict[str, Any]:
+        """Processor inputs for one request, ending with the assistant's turn opened."""
+        return self.family.encode(self.processor, frames, messages, labels=None, add_generation_prompt=True)
+
+
+class Engine(Preprocessor):
+    """A loaded model: answers batches of encoded requests (and can encode them, for a direct call)."""
+
+    def __init__(self, folder: str | Path, use_gpu: bool | None = None):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        from vidtune.models.family import load_kwargs
+
+        super().__init__(folder)
         self.use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
         self.device = "cuda" if self.use_gpu else "cpu"
         self.model = AutoModelForImageTextToText.from_pretrained(self.folder, **load_kwargs(self.use_gpu))
         self.model.to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(self.folder)
         self.tokenizer = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         self.eos = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
@@ -207,10 +249,6 @@ class Engine:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos)
         )
-
-    def encode(self, messages: list[dict[str, str]], frames: list[Any]) -> dict[str, Any]:
-        """Processor inputs for one request, ending with the assistant's turn opened."""
-        return self.family.encode(self.processor, frames, messages, labels=None, add_generation_prompt=True)
 
     def run(self, rows: list[Generation]) -> None:
         """Answer every row in place: one ``generate`` call per group of shared sampling settings."""
