@@ -10,7 +10,8 @@ sends it, with a question and a fixed ``max_tokens``):
 
 The app is driven over HTTP at concurrency 1, 8 and 32 (an asyncio client keeping that many requests in
 flight); each row gives requests/s and p50 / p99 latency. The ratios: batching on over off at the same
-concurrency, and at concurrency 1 the HTTP path's latency over the direct call's (its overhead).
+concurrency, and at concurrency 1 the HTTP path's p50 over the direct call's (its overhead), the two
+taken in turn so that both see the same machine.
 """
 
 from __future__ import annotations
@@ -72,28 +73,54 @@ def request_body(video: Path, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def direct_latencies(model: Path, body: dict[str, Any], requests: int) -> list[float]:
-    """The same request answered in this process: decode, encode, generate; one thread."""
-    import torch
+class DirectCall:
+    """The same request answered in this process: decode, encode, generate; one thread, like a
+    one-CPU replica."""
 
-    from vidtune.serving.api import ChatRequest
-    from vidtune.serving.engine import Engine, Generation
-    from vidtune.serving.media import MediaLimits
-    from vidtune.serving.prompt import clip_of
+    def __init__(self, model: Path, body: dict[str, Any]):
+        import torch
 
-    torch.set_num_threads(1)
-    engine = Engine(model, use_gpu=False)
-    request = ChatRequest(**body)
-    limits = MediaLimits()
-    out = []
-    for i in range(requests + 2):
+        from vidtune.serving.api import ChatRequest
+        from vidtune.serving.engine import Engine
+        from vidtune.serving.media import MediaLimits
+
+        torch.set_num_threads(1)
+        self.engine = Engine(model, use_gpu=False)
+        self.request = ChatRequest(**body)
+        self.limits = MediaLimits()
+        for _ in range(2):  # warm up
+            self()
+
+    def __call__(self) -> float:
+        from vidtune.serving.engine import Generation
+        from vidtune.serving.prompt import clip_of
+
         started = time.perf_counter()
-        clip = clip_of(request, engine.settings.sampling, engine.settings.max_pixels, limits)
-        row = Generation(engine.encode(clip.messages, clip.frames), request.max_tokens)
-        engine.run([row])
-        if i >= 2:  # the first calls warm up
-            out.append(time.perf_counter() - started)
+        settings = self.engine.settings
+        clip = clip_of(self.request, settings.sampling, settings.max_pixels, self.limits)
+        row = Generation(self.engine.encode(clip.messages, clip.frames), self.request.max_tokens)
+        self.engine.run([row])
+        return time.perf_counter() - started
+
+
+def in_turn(calls: dict[str, Any], n: int) -> dict[str, list[float]]:
+    """Latencies of several ways to answer the same request, taken in turn (one of each, ``n`` times),
+    so that all see the same machine: on a shared 2-core box timings drift by 10-20% over a minute,
+    more than the differences being measured."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(n):
+        for name, call in calls.items():
+            out[name].append(call())
     return out
+
+
+def http_call(client: Any, url: str, body: dict[str, Any]) -> Any:
+    def call() -> float:
+        started = time.perf_counter()
+        client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()
+        return time.perf_counter() - started
+
+    return call
 
 
 async def _drive(
@@ -137,7 +164,6 @@ async def _healthz(url: str, n: int = 40) -> float:
 def http_rows(
     url: str, body: dict[str, Any], label: str, levels: list[int], requests_per_level: dict[int, int]
 ) -> list[dict[str, Any]]:
-    asyncio.run(_drive(url, body, 2, 4))  # warm up the replica and the connection pool
     rows = []
     for c in levels:
         seconds, lat = asyncio.run(_drive(url, body, c, requests_per_level[c]))
@@ -179,43 +205,55 @@ def run_serve_bench(
         f"320x240 video sent as a data: URL, max_tokens {max_tokens}, greedy"
     )
 
-    direct = direct_latencies(model, body, per_level[1])
-    rows = [
-        {
-            "path": "direct",
-            "concurrency": 1,
-            "requests": len(direct),
-            "requests_per_s": len(direct) / sum(direct),
-            "p50_s": _percentile(direct, 0.5),
-            "p99_s": _percentile(direct, 0.99),
-        }
-    ]
-    print(f"  direct: {rows[0]['requests_per_s']:.2f} requests/s", flush=True)
+    direct = DirectCall(model, body)
+    rows: list[dict[str, Any]] = []
 
     if not ray.is_initialized():
         ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
-    for label, batch in (("serve, batching off", 1), ("serve, batching on", 32)):
+    # Both apps up at once (one model replica each), so that concurrency 1 can be measured in turn.
+    apps = {"serve, batching off": 1, "serve, batching on": 32}
+    urls = {}
+    for label, batch in apps.items():
         args = resolve(
             AppArgs(
                 model=str(model),
                 port=port,
+                app_name=f"bench-{batch}",
+                route_prefix=f"/b{batch}",
                 max_batch_size=batch,
                 batch_wait_s=0.01,
                 max_ongoing_requests=64,
                 max_queued_requests=-1,
                 ray_actor_options={"num_cpus": 1},
+                ingress_actor_options={"num_cpus": 0.5},
             )
         )
-        url = start(args)
-        rows += http_rows(url, body, label, levels, per_level)
-        if batch == 1:
-            healthz = asyncio.run(_healthz(url))
-        else:
-            import httpx
+        urls[label] = start(args)
+        asyncio.run(_drive(urls[label], body, 2, 4))  # warm up
 
-            # How full the batches got: small batches mean the model was never behind the requests.
-            batches = {int(k): v for k, v in httpx.get(f"{url}/stats").json()["batch_sizes"].items()}
-        serve.delete(args.app_name)
+    import httpx
+
+    with httpx.Client(timeout=600) as client:
+        calls = {"direct": direct, **{label: http_call(client, url, body) for label, url in urls.items()}}
+        c1 = in_turn(calls, per_level[1])
+    for label, lat in c1.items():
+        rows.append(
+            {
+                "path": label,
+                "concurrency": 1,
+                "requests": len(lat),
+                "requests_per_s": len(lat) / sum(lat),
+                "p50_s": _percentile(lat, 0.5),
+                "p99_s": _percentile(lat, 0.99),
+            }
+        )
+    print("  concurrency 1, in turn: " + ", ".join(f"{r['path']} {r['p50_s'] * 1000:.0f} ms" for r in rows))
+    for label, url in urls.items():
+        rows += http_rows(url, body, label, [c for c in levels if c > 1], per_level)
+    healthz = asyncio.run(_healthz(urls["serve, batching off"]))
+    # How full the batches got: small batches mean the model was never behind the requests.
+    stats = httpx.get(f"{urls['serve, batching on']}/stats").json()
+    batches = {int(k): v for k, v in stats["batch_sizes"].items()}
     serve.shutdown()
 
     def row(path: str, c: int) -> dict[str, Any]:
