@@ -376,3 +376,32 @@ def test_serve_stage_pins_the_latest_registered_version_and_records_it(served, m
     assert run.data.metrics["example_prompt_tokens"] > 40
     # The stage took its app down when it returned (not blocking): the route is gone.
     assert httpx.get(f"{served['url']}/stage/healthz").status_code == 404
+
+
+def test_replica_runner_and_endpoint_runner_give_the_same_answers(served):
+    """``vidtune eval``'s two runners on one model: Ray Data actors holding the model, and the OpenAI
+    endpoint fed the stored frames; the same clips must get the same answers."""
+    import ray
+
+    from vidtune.data.pipelines import encode_jpeg
+    from vidtune.eval.runner import run_endpoint, run_replicas
+
+    rows = []
+    for (first, second), video in list(served["videos"].items())[:8]:
+        frames = make_reader("pyav").read(str(video), SAMPLING, MAX_PIXELS).frames
+        rows.append(
+            {
+                "id": f"{first}-{second}",
+                "frames": [encode_jpeg(f, 90) for f in frames],
+                "messages": [
+                    {"role": "user", "content": f"<video>\n{QUESTION}"},
+                    {"role": "assistant", "content": first},
+                ],
+            }
+        )
+    local = run_replicas(
+        ray.data.from_items(rows), str(served["model"]), num_cpus=0.25, batch_size=4, max_new_tokens=4
+    )
+    remote = run_endpoint(rows, f"{served['url']}/v1", model="model", concurrency=4, max_new_tokens=4)
+    assert local == remote and len(local) == 8
+    assert sum(local[r["id"]].strip() == r["messages"][1]["content"] for r in rows) >= 6
