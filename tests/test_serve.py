@@ -405,3 +405,72 @@ def test_replica_runner_and_endpoint_runner_give_the_same_answers(served):
     remote = run_endpoint(rows, f"{served['url']}/v1", model="model", concurrency=4, max_new_tokens=4)
     assert local == remote and len(local) == 8
     assert sum(local[r["id"]].strip() == r["messages"][1]["content"] for r in rows) >= 6
+
+
+def test_eval_stage_grades_a_local_model_and_its_endpoint_alike(served, make_job, tmp_path):
+    """``vidtune eval`` on a multiple-choice set in the generic JSONL format and a small NIAVH grid, for
+    the model loaded by Ray Data actors and for the same model behind its endpoint: same scores, tables
+    printed, per-item outputs and the heatmaps in MLflow."""
+    import mlflow
+
+    from vidtune.stages import run_stage
+
+    names = list(COLORS)
+    mc = tmp_path / "mc.jsonl"
+    lines = [
+        {
+            "id": f"{a}-{b}",
+            "video": v.name,
+            "question": QUESTION,
+            "options": names,
+            "answer": a,
+            "category": a,
+        }
+        for (a, b), v in list(served["videos"].items())[:6]
+    ]
+    mc.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "broken"\n')
+    job = make_job(
+        eval={
+            "models": [
+                {"name": "local", "model": str(served["model"])},
+                {"name": "endpoint", "endpoint": f"{served['url']}/v1", "served_model": "model"},
+            ],
+            "benchmarks": [
+                {
+                    "name": "colours-mc",
+                    "format": "mc",
+                    "annotations": str(mc),
+                    "video_root": str(served["media"]),
+                }
+            ],
+            "niavh": {
+                "haystacks": [str(v) for v in list(served["videos"].values())[:2]],
+                "needle": {
+                    "text": "The secret word is LANTERN",
+                    "answer": "LANTERN",
+                    "distractors": ["ANCHOR", "BEACON"],
+                },
+                "lengths": [2, 3],
+                "depths": 2,
+            },
+            "num_cpus": 0.25,
+            "batch_size": 4,
+            "max_new_tokens": 6,
+        }
+    )
+    printed = []
+    result = run_stage(job, "eval", echo=printed.append)
+    local, endpoint = result.scores["local"], result.scores["endpoint"]
+    for suite in ("colours-mc", "niavh"):
+        assert local[suite].rows() == endpoint[suite].rows()
+    assert local["colours-mc"].total == 6 and local["niavh"].total == 4  # 2 lengths x 2 depths
+    assert result.suites[0].skipped and "mc.jsonl:7" in result.suites[0].skipped[0][0]
+    assert "colours-mc: 6 items, 1 rows skipped" in printed[0] and "depth=100%" in printed[0]
+
+    run = mlflow.search_runs(experiment_names=["t"], output_format="list")[0]
+    assert run.data.metrics["local.colours-mc.accuracy"] == local["colours-mc"].accuracy
+    assert "endpoint.niavh.niavh.length.2s.accuracy" in run.data.metrics
+    artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert {"niavh-local.png", "niavh-endpoint.png", "skipped-colours-mc.json"} <= artifacts
+    results = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/results/local-colours-mc.json")
+    assert {r["id"] for r in results} == {r["id"] for r in lines} and all("output" in r for r in results)

@@ -19,6 +19,7 @@ STAGE_HELP = {
     "mix": "combine datasets by counts or ratios into a new dataset",
     "train": "fine-tune a video LLM on Ray Train with DeepSpeed",
     "diversity": "instruction diversity of datasets: embeddings, Vendi score, t-SNE plot",
+    "eval": "grade models on video benchmarks and Needle-in-a-Video-Haystack (accuracy per category)",
     "serve": "serve a model over an OpenAI-compatible HTTP API on Ray Serve (until Ctrl-C)",
 }
 

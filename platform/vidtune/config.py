@@ -350,9 +350,86 @@ class ServeConfig(Section):
     example: ServeExample | None = None
 
 
+class EvalModelConfig(Section):
+    """One model to grade: loaded by Ray Data actors (``model``) or asked through an OpenAI-compatible
+    ``endpoint`` (the vidtune Serve app, or another server)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="its column in the tables")
+    model: str | None = Field(None, description="models:/NAME/VERSION|latest, runs:/ID/model, or a folder")
+    endpoint: str | None = Field(None, description="an OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    served_model: str | None = Field(None, description="the `model` field sent to the endpoint")
+    api_key_env: str | None = Field(None, description="environment variable with the endpoint's bearer token")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalModelConfig:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("give exactly one of model and endpoint")
+        return self
+
+
+class EvalBenchmarkConfig(Section):
+    """A benchmark in its public release format, decoded once into eval clips named ``name``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    format: Literal["video-mme", "mvbench", "tempcompass", "mc"]
+    annotations: str = Field(
+        description="Video-MME parquet/JSON, MVBench JSON folder, TempCompass JSON, or JSONL"
+    )
+    video_root: str | None = None
+    video_roots: dict[str, str] = Field(default_factory=dict, description="MVBench: video folder per task")
+    tasks: list[str] | None = Field(None, description="MVBench: these tasks only")
+    limit: PositiveInt | None = Field(None, description="the first N items only")
+
+
+class NeedleSection(Section):
+    kind: Literal["text", "image", "clip"] = "text"
+    text: str | None = None
+    image: str | None = None
+    clip: str | None = None
+    answer: str
+    distractors: list[str] = Field(default_factory=list)
+    question: str = "What is the secret word shown in the video?"
+    seconds: PositiveFloat = 1.0
+
+
+class NiavhConfig(Section):
+    """Needle in a Video Haystack: the needle inserted into haystacks of each length at each depth."""
+
+    name: str = Field("niavh", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    haystacks: list[str] = Field(min_length=1, description="videos the haystacks are cut from (looped)")
+    needle: NeedleSection
+    lengths: list[PositiveFloat] = Field(min_length=1, description="haystack lengths in seconds")
+    depths: PositiveInt = Field(5, description="needle depths from 0 to 100% in even steps")
+    max_pixels: PositiveInt | None = None
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    """``vidtune eval``: benchmarks and NIAVH, each model's accuracy overall and per category."""
+
+    models: list[EvalModelConfig] = Field(min_length=1)
+    benchmarks: list[EvalBenchmarkConfig] = Field(default_factory=list)
+    niavh: NiavhConfig | None = None
+    sampling: SamplingConfig | None = Field(None, description="none: the first model's vidtune.json")
+    max_pixels: PositiveInt | None = Field(None, description="none: the first model's vidtune.json")
+    replicas: PositiveInt = Field(1, description="model actors per model (Ray Data)")
+    num_gpus: float = Field(0, ge=0, description="GPUs per model actor")
+    num_cpus: PositiveFloat = 1
+    batch_size: PositiveInt = Field(8, description="clips answered by one generate call")
+    max_new_tokens: PositiveInt = 16
+    concurrency: PositiveInt = Field(8, description="requests in flight to an endpoint")
+    decode_batch_size: PositiveInt = Field(4, description="videos per decode task")
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> EvalConfig:
+        if not self.benchmarks and self.niavh is None:
+            raise ValueError("give benchmarks, niavh, or both")
+        return self
+
+
 class JobConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    stages: list[Literal["prepare", "synth", "mix", "diversity", "train", "serve"]] = Field(
+    stages: list[Literal["prepare", "synth", "mix", "diversity", "train", "eval", "serve"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
     storage: StorageConfig = StorageConfig()
@@ -363,6 +440,7 @@ class JobConfig(Section):
     mix: MixConfig | None = None
     diversity: DiversityConfig | None = None
     train: TrainConfig | None = None
+    eval: EvalConfig | None = None
     serve: ServeConfig | None = None
 
     @model_validator(mode="after")

@@ -42,6 +42,12 @@ def _mix(job: JobConfig, tracker: StageRun) -> Any:
     return mix(job, tracker)
 
 
+def _eval(job: JobConfig, tracker: StageRun) -> Any:
+    from vidtune.eval.stage import eval_stage
+
+    return eval_stage(job, tracker)
+
+
 def _serve(job: JobConfig, tracker: StageRun) -> Any:
     from vidtune.serving.stage import serve_stage
 
@@ -54,6 +60,7 @@ STAGES: dict[str, Callable[[JobConfig, StageRun], Any]] = {
     "mix": _mix,
     "diversity": _diversity,
     "train": _train,
+    "eval": _eval,
     "serve": _serve,
 }
 
@@ -118,6 +125,19 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
             f"  model: {result.model_uri}"
             + (f"  (registered: {result.registered})" if result.registered else "")
         )
+    elif stage == "eval":
+        from vidtune.bench.decode import _table
+        from vidtune.eval.stage import comparison
+
+        for suite in result.suites:
+            skipped = f", {len(suite.skipped)} rows skipped" if suite.skipped else ""
+            errors = f", {suite.decode_errors} videos undecodable" if suite.decode_errors else ""
+            lines.append(f"  {suite.name}: {len(suite.items)} items{skipped}{errors}")
+            table = _table(["accuracy", *result.models], comparison(result, suite.name))
+            lines += ["    " + line for line in table.splitlines()]
+        if result.niavh:
+            lines.append("  NIAVH heatmaps: " + ", ".join(f"niavh-{m}.png" for m in result.niavh))
+        lines.append("  every item's output: results/MODEL-SUITE.json in the run's artifacts")
     elif stage == "serve":
         version = f" (version {result.version})" if result.version else ""
         lines.append(f"  {result.model_id}: {result.model}{version} on {result.replicas} replica(s)")

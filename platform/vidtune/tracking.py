@@ -64,6 +64,10 @@ class StageRun:
     def image(self, image: Any, name: str) -> None:
         mlflow.log_image(image, artifact_file=name)
 
+    def figure(self, figure: Any, name: str) -> None:
+        """A matplotlib figure as a PNG artifact (plots a person would rather look at than read)."""
+        mlflow.log_figure(figure, name)
+
     def json(self, data: Any, name: str) -> None:
         mlflow.log_dict(data, name)
 
