@@ -174,8 +174,27 @@ def write_demo_inputs(out: str | Path, videos: int = 24, seed: int = 0) -> dict[
                 ],
             }
         )
-    paths = {"llava": out / "llava.json", "sharegpt": out / "sharegpt.jsonl", "heldout": out / "heldout.json"}
+    # The same held-out clips as a multiple-choice benchmark (generic JSONL) for `vidtune eval`.
+    names = list(COLORS)
+    mc = [
+        {
+            "id": h["id"],
+            "video": h["video"],
+            "question": h["conversations"][0]["value"].removeprefix("<video>\n"),
+            "options": rng.sample(names, len(names)),
+            "answer": h["conversations"][1]["value"],
+            "category": {"first": h["conversations"][1]["value"]},
+        }
+        for h in heldout
+    ]
+    paths = {
+        "llava": out / "llava.json",
+        "sharegpt": out / "sharegpt.jsonl",
+        "heldout": out / "heldout.json",
+        "heldout-mc": out / "heldout-mc.jsonl",
+    }
     paths["llava"].write_text(json.dumps(llava, indent=1))
     paths["sharegpt"].write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
     paths["heldout"].write_text(json.dumps(heldout, indent=1))
+    paths["heldout-mc"].write_text("".join(json.dumps(r) + "\n" for r in mc))
     return paths

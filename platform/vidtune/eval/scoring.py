@@ -175,7 +175,7 @@ class ScoreTable:
         out = [row("all", "", "", self.overall)]
         for bench in sorted(self.benchmarks):
             out.append(row(bench, "", "", self.benchmarks[bench]))
-            for b, key, value in sorted(k for k in self.groups if k[0] == bench):
+            for b, key, value in sorted((k for k in self.groups if k[0] == bench), key=_natural):
                 out.append(row(b, key, value, self.groups[(b, key, value)]))
         return out
 
@@ -208,6 +208,11 @@ class ScoreTable:
             if i == 0:
                 text.append("  ".join("-" * w for w in widths))
         return "\n".join(text)
+
+
+def _natural(group: tuple[str, str, str]) -> tuple:
+    """Numbers in category values sort as numbers: depth=5% before depth=50% before depth=100%."""
+    return tuple(tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", part)) for part in group)
 
 
 def _metric_part(text: str) -> str:

@@ -228,6 +228,12 @@ def eval_stage(job: JobConfig, tracker: Any) -> EvalResult:
     niavh: dict[str, list[dict[str, Any]]] = {}
     for m in cfg.models:
         scores[m.name] = {}
+        if m.model:
+            from vidtune.serving.engine import resolve_model
+
+            tracker.params({f"model.{m.name}": resolve_model(m.model, tracking_uri)[0]})
+        else:
+            tracker.params({f"model.{m.name}": m.endpoint})
         for suite in suites:
             outputs = answer(m, suite, storage, cfg, tracking_uri, job.storage.endpoint_url)
             rows = []

@@ -88,6 +88,7 @@ def fetch_model(
         import mlflow
 
         if uri.startswith("models:/"):
+            uri, _ = resolve_model(uri, tracking_uri)  # latest or an alias: the version it names now
             # The registry lives where the runs do; ask it for the version's files explicitly, since
             # download_artifacts alone would look in this process's default registry.
             client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -115,7 +116,7 @@ def fetch_model(
             if _wanted(name, weights):
                 fs.get(f, str(dst / name), recursive=True)
         return dst
-    path = Path(uri.removeprefix("file://")).expanduser()
+    path = Path(uri.removeprefix("file://")).expanduser().resolve()  # actors run in other directories
     if not path.is_dir():
         raise FileNotFoundError(f"no model folder at {uri}")
     return path

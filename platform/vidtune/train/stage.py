@@ -193,6 +193,12 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
     target = storage.path("models", cfg.output)
     storage.remove(target, recursive=True)
     storage.fs.put(str(local), target, recursive=True)
+    if cfg.model == "tiny":
+        # The model before training, beside the trained one: `vidtune eval` grades both (before/after).
+        base = work / "base"
+        (base / "vidtune.json").write_text(json.dumps(settings, indent=2))
+        storage.remove(storage.path("models", f"{cfg.output}-base"), recursive=True)
+        storage.fs.put(str(base), storage.path("models", f"{cfg.output}-base"), recursive=True)
     tracker.folder(local, "model")
     registered = register(cfg.register_as, tracker.run_id) if cfg.register_as else None
     shutil.rmtree(work, ignore_errors=True)
