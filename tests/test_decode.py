@@ -87,3 +87,16 @@ def test_bad_videos_raise_with_a_reason(video_dir, backend, name, reason):
     if backend == "decord" and name == "truncated.mp4":
         reason = "undecodable"  # decord reads the whole packet index on open, so a cut file fails there
     assert err.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_a_segment_is_sampled_within_its_start_and_end(video_dir, backend):
+    """MVBench's segment tasks: frames come from [start, end) only (a.mp4 is 90 frames at 30 fps)."""
+    reader = make_reader(backend)
+    clip = reader.read(str(video_dir / "a.mp4"), SamplingConfig(frames=4), 160 * 120, (1.0, 2.0))
+    expected = [30 + i for i in uniform_indices(30, 4)]
+    assert clip.indices == expected and [frame_index_of(f, 160) for f in clip.frames] == expected
+    tail = reader.read(str(video_dir / "a.mp4"), SamplingConfig(frames=4), 160 * 120, (2.5, None))
+    assert min(tail.indices) >= 75 and max(tail.indices) < 90
+    with pytest.raises(VideoDecodeError, match="outside the video"):
+        reader.read(str(video_dir / "a.mp4"), SamplingConfig(frames=4), 160 * 120, (5.0, 6.0))

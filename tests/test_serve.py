@@ -428,6 +428,7 @@ def test_eval_stage_grades_a_local_model_and_its_endpoint_alike(served, make_job
         }
         for (a, b), v in list(served["videos"].items())[:6]
     ]
+    lines[0].update(start=0.5, end=1.0)  # a segment, as MVBench gives: frames 15-29 of the 48
     mc.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"id": "broken"\n')
     job = make_job(
         eval={
@@ -466,6 +467,16 @@ def test_eval_stage_grades_a_local_model_and_its_endpoint_alike(served, make_job
     assert local["colours-mc"].total == 6 and local["niavh"].total == 4  # 2 lengths x 2 depths
     assert result.suites[0].skipped and "mc.jsonl:7" in result.suites[0].skipped[0][0]
     assert "colours-mc: 6 items, 1 rows skipped" in printed[0] and "depth=100%" in printed[0]
+
+    from vidtune.data.shards import read_dataset
+    from vidtune.storage import Storage
+
+    clips = {
+        r["id"]: json.loads(r["meta"]) for r in read_dataset(Storage(job.storage), "colours-mc").take_all()
+    }
+    segment = clips[lines[0]["id"]]
+    assert segment["segment"] == [0.5, 1.0] and all(15 <= i < 30 for i in segment["frame_indices"])
+    assert max(clips[lines[1]["id"]]["frame_indices"]) > 30  # the others sample the whole video
 
     run = mlflow.search_runs(experiment_names=["t"], output_format="list")[0]
     assert run.data.metrics["local.colours-mc.accuracy"] == local["colours-mc"].accuracy

@@ -65,6 +65,7 @@ def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 
 Source = str | IO[bytes]
+Segment = tuple[float | None, float | None]
 Picked = dict[int, tuple[int, np.ndarray]]  # wanted index -> (index actually taken, RGB frame)
 
 
@@ -80,13 +81,24 @@ class FrameReader(ABC):
         self.threads = threads
 
     @abstractmethod
-    def read(self, source: Source, sampling: SamplingConfig, max_pixels: int) -> Clip: ...
+    def read(
+        self, source: Source, sampling: SamplingConfig, max_pixels: int, segment: Segment | None = None
+    ) -> Clip:
+        """``segment`` (start, end) in seconds, either may be None: sample within it only (MVBench's
+        segment tasks ask about one part of a video)."""
 
     @staticmethod
-    def _choose(sampling: SamplingConfig, meta: VideoMeta) -> list[int]:
+    def _choose(sampling: SamplingConfig, meta: VideoMeta, segment: Segment | None = None) -> list[int]:
         if meta.num_frames <= 0:
             raise VideoDecodeError("no video frames")
-        return sample_indices(sampling, meta.num_frames, meta.fps)
+        if segment is None or segment == (None, None):
+            return sample_indices(sampling, meta.num_frames, meta.fps)
+        start, end = segment
+        lo = max(0, int(round((start or 0) * meta.fps)))
+        hi = min(meta.num_frames, int(math.ceil(end * meta.fps))) if end is not None else meta.num_frames
+        if hi <= lo:
+            raise VideoDecodeError(f"segment {start}-{end}s is outside the video ({meta.duration:.2f}s)")
+        return [lo + i for i in sample_indices(sampling, hi - lo, meta.fps)]
 
 
 class PyAVReader(FrameReader):
@@ -123,13 +135,15 @@ class PyAVReader(FrameReader):
         cc = stream.codec_context
         return VideoMeta(num_frames=frames, fps=fps, width=cc.width, height=cc.height, codec=cc.name or "")
 
-    def read(self, source: Source, sampling: SamplingConfig, max_pixels: int) -> Clip:
+    def read(
+        self, source: Source, sampling: SamplingConfig, max_pixels: int, segment: Segment | None = None
+    ) -> Clip:
         import av
 
         container = self._open(source)
         try:
             meta = self._meta(container)
-            wanted = self._choose(sampling, meta)
+            wanted = self._choose(sampling, meta, segment)
             stream = container.streams.video[0]
             stream.codec_context.thread_count = self.threads
             size = fit_pixels(meta.width, meta.height, max_pixels)
@@ -247,7 +261,9 @@ class DecordReader(FrameReader):
 
     name = "decord"
 
-    def read(self, source: Source, sampling: SamplingConfig, max_pixels: int) -> Clip:
+    def read(
+        self, source: Source, sampling: SamplingConfig, max_pixels: int, segment: Segment | None = None
+    ) -> Clip:
         import decord
 
         if not isinstance(source, str):
@@ -260,7 +276,7 @@ class DecordReader(FrameReader):
             raise VideoDecodeError(f"undecodable: {str(exc).splitlines()[0][:200]}") from None
         first = vr[0].shape if len(vr) else (0, 0)
         meta = VideoMeta(num_frames=len(vr), fps=float(vr.get_avg_fps()), width=first[1], height=first[0])
-        wanted = self._choose(sampling, meta)
+        wanted = self._choose(sampling, meta, segment)
         indices = snap_to_keyframes(wanted, list(vr.get_key_indices())) if sampling.snap_keyframes else wanted
         try:
             batch = vr.get_batch(indices).asnumpy()

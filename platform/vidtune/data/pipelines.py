@@ -86,7 +86,8 @@ def decode_videos(
         handle = None
         try:
             handle = _open_video(rec["video"], endpoint_url)
-            clip = reader.read(handle, cfg, max_pixels)
+            segment = (rec.get("start"), rec.get("end"))
+            clip = reader.read(handle, cfg, max_pixels, segment if segment != (None, None) else None)
             row["frames"] = [encode_jpeg(f, jpeg_quality) for f in clip.frames]
             row["frame_times"] = clip.times
             h, w = clip.frames[0].shape[:2]
@@ -103,6 +104,7 @@ def decode_videos(
                     "codec": clip.meta.codec,
                     "frame_size": [w, h],
                     "sampling": sampling,
+                    "segment": list(segment) if segment != (None, None) else None,
                     "frame_indices": clip.indices,
                     "decoded_frames": clip.decoded,
                     "decoded_by": WORKER,

@@ -127,6 +127,8 @@ def prepare_suite(
             "id": it.id,
             "video": it.video,
             "origin": it.video,
+            "start": it.start,
+            "end": it.end,
             "messages": json.dumps(
                 [
                     {"role": "user", "content": f"{PLACEHOLDER}\n{mc_prompt(it.question, it.options)}"},
