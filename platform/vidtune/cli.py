@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_args(sub.add_parser(stage, help=text, description=text))
     run = sub.add_parser("run", help="run the stages the job file lists, in order, under one MLflow run")
     _add_job_args(run)
+    run.add_argument(
+        "--force", action="store_true", help="run every stage, even one whose output is complete"
+    )
     check = sub.add_parser("check", help="validate a job file and print it with defaults filled in")
     _add_job_args(check)
 
@@ -116,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run":
             from vidtune.stages import run_pipeline
 
-            run_pipeline(_job(args))
+            run_pipeline(_job(args), force=args.force)
         elif args.command == "check":
             import yaml
 

@@ -1,12 +1,21 @@
-"""Connecting to Ray: an existing cluster when the job names one, else a local Ray for this process."""
+"""Connecting to Ray: an existing cluster when the job names one (or ``ray job submit`` set
+``RAY_ADDRESS``), else a local Ray for this process; and where data tasks may run."""
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import ray
 
 from vidtune.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# A local Ray advertises this much of each `ray.data_resources` key: a job file written for a cluster's
+# CPU nodes runs unchanged on one machine.
+LOCAL_DATA_RESOURCE = 1000.0
 
 
 def local_cpus() -> int:
@@ -16,18 +25,50 @@ def local_cpus() -> int:
 
 
 _started_locally = False
+_data_resources: dict[str, float] = {}
+
+
+def ray_address(cfg: RayConfig) -> str | None:
+    """The cluster to join: the job file's ``ray.address``, else ``RAY_ADDRESS`` (inside a Ray job)."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def ensure_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process; later stages of the same run reuse the connection."""
-    global _started_locally
+    global _started_locally, _data_resources
+    _data_resources = dict(cfg.data_resources)  # this job's rule, even on a Ray started by someone else
     if ray.is_initialized():
         return
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=True)
+    address = ray_address(cfg)
+    if address:
+        # A cluster's resources are its nodes' business: num_cpus or resources here would be an error.
+        ray.init(address=address, log_to_driver=True)
+        missing = [k for k in cfg.data_resources if k not in ray.cluster_resources()]
+        if missing:
+            log.warning(
+                "no node of this cluster has the resource(s) %s that ray.data_resources asks data tasks "
+                "for: they wait until such a node joins (an autoscaler starts one; see docs/cluster.md)",
+                missing,
+            )
     else:
-        ray.init(num_cpus=cfg.num_cpus or local_cpus(), include_dashboard=False, log_to_driver=True)
+        ray.init(
+            num_cpus=cfg.num_cpus or local_cpus(),
+            resources={k: LOCAL_DATA_RESOURCE for k in cfg.data_resources} or None,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
         _started_locally = True
+
+
+def data_task_args() -> dict[str, Any]:
+    """Extra ``map_batches`` arguments for a CPU data task (decode, render, embed, encode) of the job
+    that last called :func:`ensure_ray` in this process.
+
+    With ``ray.data_resources`` set, the tasks need a custom resource only CPU nodes advertise, so on a
+    mixed cluster the GPU nodes only train and serve. Ray already avoids GPU nodes for CPU-only tasks
+    when it can; the resource makes it a rule.
+    """
+    return {"resources": dict(_data_resources)} if _data_resources else {}
 
 
 def cpu_workers(cpus_per_worker: float) -> int:

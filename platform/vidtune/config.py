@@ -7,6 +7,7 @@ decoding. Every model forbids unknown keys: a misspelt key is an error naming it
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -37,28 +38,55 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _env(*names: str, default: str | None = None) -> str | None:
+    """The first of ``names`` set (and not empty) in the environment: how a cluster's runtime env
+    supplies the places a job file leaves out (docs/cluster.md)."""
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return default
+
+
 class StorageConfig(Section):
     """Where datasets, checkpoints and models live: a local folder or ``s3://bucket/prefix``.
 
+    Left out of the job file, both keys come from the environment (``VIDTUNE_STORAGE_ROOT``,
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``), so one job file runs on a laptop and on a cluster.
     Credentials never go in the job file: S3 reads them from the usual AWS environment variables.
     """
 
-    root: str = "./vidtune-data"
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, Ceph, ...)")
+    root: str = Field(
+        default_factory=lambda: _env("VIDTUNE_STORAGE_ROOT", default="./vidtune-data"),
+        description="default: $VIDTUNE_STORAGE_ROOT, else ./vidtune-data",
+    )
+    endpoint_url: str | None = Field(
+        default_factory=lambda: _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3-compatible endpoint (MinIO, moto, Ceph, ...); default: $AWS_ENDPOINT_URL_S3",
+    )
 
 
 class TrackingConfig(Section):
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = Field(
+        default_factory=lambda: _env("MLFLOW_TRACKING_URI", default="sqlite:///mlflow.db"),
+        description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    )
     experiment: str | None = Field(None, description="defaults to the job's name")
 
 
 class RayConfig(Section):
     address: str | None = Field(
-        None, description="an existing cluster ('auto', 'ray://...'); none: start a local Ray"
+        None,
+        description="an existing cluster ('auto', 'ray://...'); none: $RAY_ADDRESS (set inside "
+        "`ray job submit`), else start a local Ray",
     )
     # Logical CPUs for a local Ray. Data stages and training workers each hold CPUs, and a budget equal to
     # the physical cores can deadlock them (see docs/architecture.md), so the local default oversubscribes.
     num_cpus: PositiveInt | None = None
+    data_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="custom resources every data task (decode, render, embed, encode) requests, e.g. "
+        "{data: 1} with CPU nodes started with --resources '{\"data\": 1000}': decoding stays off GPU nodes",
+    )
 
 
 class SamplingConfig(Section):
@@ -211,6 +239,9 @@ class TrainConfig(Section):
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="models/NAME under storage.root")
     register_as: str | None = Field(None, description="MLflow registered model name")
     num_workers: PositiveInt = 2
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how workers spread over nodes (Ray placement group strategy)"
+    )
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = Field(
         None, description="e.g. {CPU: 8, GPU: 1}; the default is 1 CPU (and 1 GPU with use_gpu)"
@@ -432,9 +463,10 @@ class JobConfig(Section):
     stages: list[Literal["prepare", "synth", "mix", "diversity", "train", "eval", "serve"]] = Field(
         default_factory=list, description="what `vidtune run` does"
     )
-    storage: StorageConfig = StorageConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    ray: RayConfig = RayConfig()
+    # Factories, not instances: the defaults read the environment when a job is loaded, not at import.
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     prepare: PrepareConfig | None = None
     synth: SynthConfig | None = None
     mix: MixConfig | None = None

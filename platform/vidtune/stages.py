@@ -5,11 +5,14 @@ The CLI (`vidtune STAGE`, `vidtune run`), the Ray job and the tests all go throu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+from vidtune import completion
 from vidtune.config import JobConfig
-from vidtune.tracking import StageRun, pipeline_run, stage_run
+from vidtune.storage import Storage
+from vidtune.tracking import StageRun, pipeline_run, skipped_run, stage_run
 
 
 def _prepare(job: JobConfig, tracker: StageRun) -> Any:
@@ -120,7 +123,8 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
                 f"  held-out {result.heldout_after.dataset}: before {result.heldout_before.line()}, "
                 f"after {result.heldout_after.line()}"
             )
-        lines.append(f"  checkpoints: {result.checkpoints}")
+        nodes = len({w["node_id"] for w in result.workers})
+        lines.append(f"  {len(result.workers)} workers on {nodes} node(s); checkpoints: {result.checkpoints}")
         lines.append(
             f"  model: {result.model_uri}"
             + (f"  (registered: {result.registered})" if result.registered else "")
@@ -160,23 +164,46 @@ def summarize(stage: str, result: Any, tracker: StageRun) -> str:
 
 
 def run_stage(job: JobConfig, stage: str, echo: Callable[[str], None] = print) -> Any:
-    """Run one stage in its own MLflow run and print its summary."""
+    """Run one stage in its own MLflow run, print its summary, and record that it finished."""
     job.section(stage)  # a clear error before any work when the section is missing
     with stage_run(job, stage) as tracker:
         result = STAGES[stage](job, tracker)
+        if stage not in completion.NEVER_SKIPPED:
+            completion.record(Storage(job.storage), job, stage, tracker.run_id)
         echo(summarize(stage, result, tracker))
         if stage == "serve":
             result.hold(echo)  # the serving run stays open while the app serves
     return result
 
 
-def run_pipeline(job: JobConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """``vidtune run``: the stages the job lists, in order, each nested under one pipeline run."""
+def run_pipeline(job: JobConfig, echo: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+    """``vidtune run``: the stages the job lists, in order, each nested under one pipeline run.
+
+    A stage whose output is complete from an earlier run with the same config is skipped (see
+    :mod:`vidtune.completion`) unless ``force``; its entry in the result is that run's record.
+    """
     if not job.stages:
         raise ValueError(f"job '{job.name}' lists no stages; add e.g. `stages: [prepare, mix]`")
-    results = {}
+    storage = Storage(job.storage)
+    results: dict[str, Any] = {}
     with pipeline_run(job) as parent:
+        skipped = []
         for stage in job.stages:
+            rec, reason = (None, "--force") if force else completion.why_not_skip(storage, job, stage)
+            if rec is not None:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.finished))
+                note = f"output complete from run {rec.run_id} ({when}), same config and inputs"
+                skipped_run(job, stage, rec.run_id, note)
+                echo(f"== {stage} skipped: {note}; --force runs it again ==")
+                skipped.append(stage)
+                results[stage] = rec
+                continue
             results[stage] = run_stage(job, stage, echo)
-        echo(f"== pipeline '{job.name}' done: {', '.join(job.stages)} ==\n  MLflow: {parent.url}")
+        parent.tags({"vidtune.skipped": ",".join(skipped)})
+        ran = [s for s in job.stages if s not in skipped]
+        echo(
+            f"== pipeline '{job.name}' done: ran {', '.join(ran) or 'nothing'}"
+            + (f"; skipped {', '.join(skipped)} (complete)" if skipped else "")
+            + f" ==\n  MLflow: {parent.url}"
+        )
     return results

@@ -139,3 +139,17 @@ def pipeline_run(job: JobConfig) -> Iterator[StageRun]:
         tracker = StageRun(run, job)
         tracker.params({"stages": json.dumps(job.stages), "storage.root": job.storage.root})
         yield tracker
+
+
+def skipped_run(job: JobConfig, stage: str, made_by: str, reason: str) -> None:
+    """A nested run that says the stage was skipped and which run made its output, so the pipeline's
+    page in the MLflow UI still lists every stage."""
+    configure(job)
+    tags = {
+        "vidtune.stage": stage,
+        "vidtune.job": job.name,
+        "vidtune.skipped": "true",
+        "vidtune.output_of": made_by,
+    }
+    with mlflow.start_run(run_name=f"{stage} (skipped)", nested=True, tags=tags):
+        mlflow.set_tag("mlflow.note.content", reason)

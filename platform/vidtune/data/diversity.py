@@ -96,7 +96,7 @@ def embed(cfg: DiversityConfig, storage: Storage) -> dict[str, np.ndarray]:
     """Unit embeddings of each dataset's instructions (a seeded sample of at most ``max_per_dataset``)."""
     import ray.data
 
-    from vidtune.cluster import cpu_workers
+    from vidtune.cluster import cpu_workers, data_task_args
 
     pieces = []
     for name in cfg.datasets:
@@ -119,6 +119,7 @@ def embed(cfg: DiversityConfig, storage: Storage) -> dict[str, np.ndarray]:
         num_cpus=cfg.num_cpus,
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency or min(2, cpu_workers(cfg.num_cpus))),
         fn_constructor_kwargs={"model": cfg.model},
+        **data_task_args(),
     )
     import ray
 

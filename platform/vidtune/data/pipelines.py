@@ -208,7 +208,7 @@ def map_to_shards(
     """
     import ray.data
 
-    from vidtune.cluster import cpu_workers
+    from vidtune.cluster import cpu_workers, data_task_args
 
     staging = staging_dir(storage, name)
     sink = ClipDatasink(storage.cfg, staging, cfg.rows_per_shard)
@@ -222,6 +222,7 @@ def map_to_shards(
             num_cpus=cfg.num_cpus,
             compute=ray.data.ActorPoolStrategy(size=min(pool, blocks)),
             fn_constructor_kwargs={"fn": fn, **settings},
+            **data_task_args(),
         )
         rows.write_datasink(sink)
     return sink.returns, staging

@@ -76,9 +76,12 @@ class Encoder:
         concurrency: int | None = None,
         num_cpus: float = 1.0,
         batch_size: int = 8,
+        resources: dict[str, float] | None = None,
     ):
         self.kwargs = {"model_path": model_path, "family": family, "labels": labels, "max_length": max_length}
         self.concurrency, self.num_cpus, self.batch_size = concurrency, num_cpus, batch_size
+        # Held here, not read from vidtune.cluster: this object runs in Ray Train's controller process.
+        self.resources = resources or None
 
     def __call__(self, clips: Any) -> Any:
         return clips.map_batches(
@@ -88,6 +91,7 @@ class Encoder:
             batch_format="pyarrow",
             num_cpus=self.num_cpus,
             concurrency=self.concurrency,
+            resources=self.resources,
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class TrainResult:
     checkpoints: str
     heldout_before: Any = None
     heldout_after: Any = None
+    workers: list[dict[str, Any]] = field(default_factory=list)  # rank, node_id, host
 
 
 def dataset_ids(storage: Storage, dataset: str) -> list[str]:
@@ -139,7 +140,12 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
     prepare_run_folder(storage, name, cfg.resume)
     loop = loop_config(cfg, model_path)
     encode = Encoder(
-        model_path, cfg.family, cfg.labels, cfg.max_length, concurrency=cfg.preprocess_concurrency
+        model_path,
+        cfg.family,
+        cfg.labels,
+        cfg.max_length,
+        concurrency=cfg.preprocess_concurrency,
+        resources=job.ray.data_resources,
     )
     result = fit(
         read_dataset(storage, cfg.dataset),
@@ -152,6 +158,7 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
         name=name,
         use_gpu=cfg.use_gpu,
         resources_per_worker=cfg.resources_per_worker,
+        placement_strategy=cfg.placement_strategy,
         keep_checkpoints=cfg.keep_checkpoints,
         max_failures=cfg.max_failures,
         cache_bytes=cfg.cache_mb * 2**20,
@@ -169,6 +176,8 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
             "dropped_too_long": len(m["too_long"]),
         }
     )
+    tracker.json(m["workers"], "workers.json")
+    tracker.tags({"vidtune.worker_nodes": str(len({w["node_id"] for w in m["workers"]}))})
     if m["too_long"]:
         tracker.json({"max_length": cfg.max_length, "ids": m["too_long"]}, "dropped_too_long.json")
 
@@ -210,6 +219,7 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
         tokens_per_s=m["tokens_per_s"],
         data_wait=m["data_wait"],
         too_long=m["too_long"],
+        workers=m["workers"],
         registered=registered,
         checkpoints=storage.uri("checkpoints", name),
         heldout_before=before,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -91,6 +92,7 @@ class EpochCache:
 
 def worker_loop(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs."""
+    import ray
     import ray.train
     import torch.distributed as dist
 
@@ -130,6 +132,10 @@ def worker_loop(config: dict[str, Any]) -> None:
     )
     dropped: list[Any] = [None] * ctx.get_world_size()
     dist.all_gather_object(dropped, sorted(too_long))
+    # Where each rank ran (after a replaced worker, the last placement): shows SPREAD and PACK at work.
+    workers: list[Any] = [None] * ctx.get_world_size()
+    here = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    dist.all_gather_object(workers, here)
     metrics = {
         "losses": result.losses,
         "first_step": result.first_step,
@@ -139,6 +145,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
         "too_long": sorted({i for ids in dropped for i in ids}),
+        "workers": workers,
         "step": loop_cfg.steps,
     }
     with tempfile.TemporaryDirectory(prefix="vidtune-final-") as tmp:
@@ -165,6 +172,7 @@ def fit(
     name: str = "vidtune-train",
     use_gpu: bool = False,
     resources_per_worker: dict[str, float] | None = None,
+    placement_strategy: str = "PACK",
     keep_checkpoints: int = 2,
     max_failures: int = 0,
     tracking: dict[str, str] | None = None,
@@ -191,7 +199,10 @@ def fit(
             "cache_bytes": cache_bytes,
         },
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources_per_worker,
+            placement_strategy=placement_strategy,
         ),
         run_config=RunConfig(
             name=name,
