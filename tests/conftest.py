@@ -35,7 +35,7 @@ def ray_local():
     from vidtune.cluster import local_cpus
 
     if not ray.is_initialized():
-        ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from vidtune.config import JobConfig, JobFileError, load_job
@@ -169,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # An error from the OS, not one of vidtune's own messages: where it happened matters.
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

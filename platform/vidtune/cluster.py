@@ -51,7 +51,10 @@ def ensure_ray(cfg: RayConfig) -> None:
                 missing,
             )
     else:
+        # "local": a new Ray for this process, even when /tmp/ray/ray_current_cluster names a cluster
+        # started (or left behind) by `ray start` on this machine.
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus or local_cpus(),
             resources={k: LOCAL_DATA_RESOURCE for k in cfg.data_resources} or None,
             include_dashboard=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 import uuid
 from typing import IO, Any
 
@@ -39,6 +40,26 @@ def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.Abstra
 def open_uri(uri: str, mode: str = "rb", endpoint_url: str | None = None) -> IO:
     fs, path = filesystem(uri, endpoint_url)
     return fs.open(path, mode)
+
+
+_FETCHED: dict[tuple[str, str | None], str] = {}
+
+
+def local_folder(uri: str, endpoint_url: str | None = None) -> str:
+    """A folder a process can read with ``from_pretrained``: local paths and hub ids as they are, an
+    ``s3://`` folder copied once per process. Training workers and preprocessing tasks on other nodes
+    get the model this way, since a path on the driver's disk is not on theirs."""
+    if not is_remote(uri):
+        return uri
+    key = (uri, endpoint_url)
+    if key not in _FETCHED:
+        fs, path = filesystem(uri, endpoint_url)
+        dst = os.path.join(tempfile.mkdtemp(prefix="vidtune-fetch-"), posixpath.basename(path.rstrip("/")))
+        os.makedirs(dst)
+        for f in fs.ls(path.rstrip("/"), detail=False):
+            fs.get(f, os.path.join(dst, posixpath.basename(f)), recursive=True)
+        _FETCHED[key] = dst
+    return _FETCHED[key]
 
 
 def join(base: str, *parts: str) -> str:

@@ -209,7 +209,7 @@ def run_serve_bench(
     rows: list[dict[str, Any]] = []
 
     if not ray.is_initialized():
-        ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
     # Both apps up at once (one model replica each), so that concurrency 1 can be measured in turn.
     apps = {"serve, batching off": 1, "serve, batching on": 32}
     urls = {}

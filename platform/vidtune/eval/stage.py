@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,20 +63,35 @@ def _settings(cfg: EvalConfig, job: JobConfig) -> tuple[dict[str, Any], int]:
     return sampling, cfg.max_pixels or s.max_pixels
 
 
-def load_suites(cfg: EvalConfig, work: Path) -> list[Suite]:
+def local_annotations(uri: str, work: Path, endpoint_url: str | None) -> str:
+    """Annotations on S3 (a file, or MVBench's folder of JSON files) copied beside the driver: they are
+    small, and the loaders read them as files. Videos stay where they are and are read by the decoders."""
+    from vidtune.storage import filesystem, is_remote
+
+    if not is_remote(uri):
+        return uri
+    fs, path = filesystem(uri, endpoint_url)
+    dst = work / "annotations" / uuid.uuid4().hex[:8] / posixpath.basename(path.rstrip("/"))
+    dst.parent.mkdir(parents=True)
+    fs.get(path.rstrip("/"), str(dst), recursive=fs.isdir(path))
+    return str(dst)
+
+
+def load_suites(cfg: EvalConfig, work: Path, endpoint_url: str | None = None) -> list[Suite]:
     from vidtune.eval.benchmarks import load_benchmark
 
     suites = []
     for b in cfg.benchmarks:
+        annotations = local_annotations(b.annotations, work, endpoint_url)
         kwargs: dict[str, Any] = {"video_root": b.video_root}
         if b.format == "video-mme":
-            kwargs["annotations"] = b.annotations
+            kwargs["annotations"] = annotations
         elif b.format == "mvbench":
-            kwargs = {"json_dir": b.annotations, "video_roots": b.video_roots, "tasks": b.tasks}
+            kwargs = {"json_dir": annotations, "video_roots": b.video_roots, "tasks": b.tasks}
         elif b.format == "tempcompass":
-            kwargs["json_path"] = b.annotations
+            kwargs["json_path"] = annotations
         else:
-            kwargs["path"] = b.annotations
+            kwargs["path"] = annotations
         items, skipped = load_benchmark(b.format, **kwargs)
         suites.append(Suite(b.name, items[: b.limit] if b.limit else items, skipped))
     if cfg.niavh is not None:
@@ -219,7 +236,7 @@ def eval_stage(job: JobConfig, tracker: Any) -> EvalResult:
     tracking_uri = absolute_tracking_uri(mlflow.get_tracking_uri())
     sampling, max_pixels = _settings(cfg, job)
     work = Path(tempfile.mkdtemp(prefix="vidtune-eval-"))
-    suites = load_suites(cfg, work)
+    suites = load_suites(cfg, work, job.storage.endpoint_url)
     for suite in suites:
         prepare_suite(suite, storage, sampling, max_pixels, cfg)
         if suite.skipped:

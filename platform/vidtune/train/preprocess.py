@@ -17,12 +17,20 @@ import pyarrow as pa
 class EncodeClips:
     """One processor per Ray actor: clip rows in, encoded samples out (as numpy arrays)."""
 
-    def __init__(self, model_path: str, family: str, labels: str = "assistant", max_length: int = 4096):
+    def __init__(
+        self,
+        model_path: str,
+        family: str,
+        labels: str = "assistant",
+        max_length: int = 4096,
+        endpoint_url: str | None = None,
+    ):
         from transformers import AutoProcessor
 
         from vidtune.models.family import get_family
+        from vidtune.storage import local_folder
 
-        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.processor = AutoProcessor.from_pretrained(local_folder(model_path, endpoint_url))
         self.family = get_family(family)
         self.labels = labels
         self.max_length = max_length
@@ -77,8 +85,15 @@ class Encoder:
         num_cpus: float = 1.0,
         batch_size: int = 8,
         resources: dict[str, float] | None = None,
+        endpoint_url: str | None = None,
     ):
-        self.kwargs = {"model_path": model_path, "family": family, "labels": labels, "max_length": max_length}
+        self.kwargs = {
+            "model_path": model_path,
+            "family": family,
+            "labels": labels,
+            "max_length": max_length,
+            "endpoint_url": endpoint_url,
+        }
         self.concurrency, self.num_cpus, self.batch_size = concurrency, num_cpus, batch_size
         # Held here, not read from vidtune.cluster: this object runs in Ray Train's controller process.
         self.resources = resources or None

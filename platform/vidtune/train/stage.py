@@ -138,14 +138,21 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
 
     name = f"{job.name}-{cfg.output}"
     prepare_run_folder(storage, name, cfg.resume)
-    loop = loop_config(cfg, model_path)
+    shared = model_path
+    if cfg.model == "tiny" and is_remote(storage.root):
+        # Built on this node's disk; workers and preprocessing tasks on other nodes fetch it from storage.
+        shared = storage.uri("models", f"{cfg.output}-base")
+        storage.remove(storage.path("models", f"{cfg.output}-base"), recursive=True)
+        storage.fs.put(model_path, storage.path("models", f"{cfg.output}-base"), recursive=True)
+    loop = loop_config(cfg, shared)
     encode = Encoder(
-        model_path,
+        shared,
         cfg.family,
         cfg.labels,
         cfg.max_length,
         concurrency=cfg.preprocess_concurrency,
         resources=job.ray.data_resources,
+        endpoint_url=storage.endpoint_url,
     )
     result = fit(
         read_dataset(storage, cfg.dataset),
@@ -162,6 +169,7 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
         keep_checkpoints=cfg.keep_checkpoints,
         max_failures=cfg.max_failures,
         cache_bytes=cfg.cache_mb * 2**20,
+        endpoint_url=storage.endpoint_url,
         ids=dataset_ids(storage, cfg.dataset),
         tracking={"tracking_uri": absolute_tracking_uri(mlflow.get_tracking_uri()), "run_id": tracker.run_id},
     )

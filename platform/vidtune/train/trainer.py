@@ -96,13 +96,20 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
 
+    from vidtune.storage import local_folder
     from vidtune.train.ingest import micro_batches
     from vidtune.train.loop import train_loop
     from vidtune.train.preprocess import to_torch
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    loop_cfg = LoopConfig(**{**config["loop"], "output_dir": tempfile.mkdtemp(prefix="vidtune-model-")})
+    loop_cfg = LoopConfig(
+        **{
+            **config["loop"],
+            "model_path": local_folder(config["loop"]["model_path"], config.get("endpoint_url")),
+            "output_dir": tempfile.mkdtemp(prefix="vidtune-model-"),
+        }
+    )
     shard = ray.train.get_dataset_shard("train")
     too_long: set[str] = set()
     cache = EpochCache(config["cache_bytes"])
@@ -178,6 +185,7 @@ def fit(
     tracking: dict[str, str] | None = None,
     cache_bytes: int = 0,
     ids: list[str] | None = None,
+    endpoint_url: str | None = None,
 ) -> Any:
     """Train on ``num_workers`` Ray Train workers; returns Ray Train's result (checkpoint, metrics).
 
@@ -197,6 +205,7 @@ def fit(
             "pad_id": pad_id,
             "tracking": tracking,
             "cache_bytes": cache_bytes,
+            "endpoint_url": endpoint_url,
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
