@@ -182,3 +182,30 @@ def test_zero3_with_optimizer_and_parameters_offloaded(colour_task, tmp_path):
     assert result.losses[-1] < result.losses[0]
     trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
     assert sum(p.numel() for p in trained.parameters()) == result.total_params
+
+
+def test_a_replaced_worker_group_does_not_record_a_step_twice(tmp_path):
+    """Rank 0 wrote steps 1-6, then died before Ray Train registered the step-6 checkpoint; its
+    replacement resumes from step 3 in the same MLflow run. Steps 4-6 are trained again but recorded
+    once, and the run says which steps were retrained."""
+    import mlflow
+
+    from vidtune.train.checkpoints import LoopState
+    from vidtune.train.trainer import MlflowMetrics
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    first = MlflowMetrics(uri, run_id)
+    for step in range(1, 7):
+        first.add(step, {"loss": 10.0 - step})
+    first.flush()
+
+    second = MlflowMetrics(uri, run_id)
+    second.resumed(LoopState(step=3, run_id=run_id))
+    for step in range(4, 10):
+        second.add(step, {"loss": 10.0 - step})
+    second.flush()
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 10))
+    assert client.get_run(run_id).data.tags["vidtune.retrained_steps"] == "4-6"

@@ -317,10 +317,10 @@ def train_loop(
             and step % cfg.checkpoint_every == 0
             and step < cfg.steps
         ):
-            if metrics is not None:
-                metrics.flush()  # the record never runs ahead of the newest checkpoint
             state = LoopState(step=step, epoch=cursor.epoch, batch=cursor.batch, run_id=run_id)
             checkpointer.save(engine, state, {"loss": result.losses[-1]})
+            if metrics is not None:
+                metrics.flush()  # only once the checkpoint is saved: the record never runs ahead of it
     result.seconds = time.perf_counter() - started
     steady = len(result.losses) - 1
     if steady > 0:

@@ -35,10 +35,24 @@ class MlflowMetrics:
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
         self.pending: list[Any] = []
+        self.recorded = 0  # steps this run already holds from a worker group that was replaced
 
     def resumed(self, state: LoopState) -> None:
-        """Copy steps 1..state.step from the interrupted run, so this run's curves start at step 1."""
-        if not state.run_id or state.run_id == self.run_id:
+        """Copy steps 1..state.step from the interrupted run, so this run's curves start at step 1.
+
+        A replaced worker group (``max_failures``) resumes in the same run. Its rank 0 may have written
+        steps past that checkpoint before it died (between saving a checkpoint and Ray Train
+        registering it): those steps are trained again but not written again, and the run's tag
+        ``vidtune.retrained_steps`` says which they were."""
+        if state.run_id and state.run_id == self.run_id:
+            history = self.client.get_metric_history(self.run_id, "loss")
+            self.recorded = max((m.step for m in history), default=0)
+            if self.recorded > state.step:
+                self.client.set_tag(
+                    self.run_id, "vidtune.retrained_steps", f"{state.step + 1}-{self.recorded}"
+                )
+            return
+        if not state.run_id:
             return
         from mlflow.entities import Metric
 
@@ -54,6 +68,8 @@ class MlflowMetrics:
     def add(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.recorded:
+            return  # already in the record (see resumed)
         now = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
 
