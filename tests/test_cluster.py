@@ -258,6 +258,17 @@ def checkout(tmp_path_factory, s3_endpoint, mlflow_server):
                     "video_root": s3,
                 }
             ],
+            # Made on the driver from local haystacks; with S3 storage the videos go there for the decoders.
+            "niavh": {
+                "haystacks": [str(inputs / "videos" / "clip-000.mp4")],
+                "needle": {
+                    "text": "The secret word is LANTERN",
+                    "answer": "LANTERN",
+                    "distractors": ["ANCHOR", "BEACON", "HARBOR"],
+                },
+                "lengths": [4],
+                "depths": 2,
+            },
             "max_new_tokens": 4,
         },
     }
@@ -344,6 +355,8 @@ def test_submitted_job_spreads_training_survives_a_killed_worker_and_skips_when_
     assert {w["node_id"] for w in workers} == {n["node_id"] for n in cluster["nodes"]}
     assert client.get_registered_model("smoke-model").latest_versions[0].version == "1"
     assert "after.colors-mc.accuracy" in stages["eval"].data.metrics
+    assert "after.niavh.accuracy" in stages["eval"].data.metrics
+    assert any(p.endswith(".mp4") for d in storage.list("niavh") for p in storage.fs.ls(d))
     assert storage.exists("models", "smoke-model", "vidtune.json")
 
     # The same submission again: every stage's output is complete in S3, so nothing runs twice.

@@ -68,7 +68,9 @@ def test_complete_stages_are_skipped_until_their_output_is_stale(job_raw, ray_lo
 
     # A changed config runs that stage only; the stage before it is still complete.
     job_raw["mix"]["seed"] = 7
+    out.clear()
     assert ran(run_pipeline(validate_job(job_raw), echo=out.append)) == ["mix"]
+    assert "== mix runs again: its config changed ==" in out
 
     # A lost shard makes prepare incomplete; mix runs again too, because its input is new.
     storage = Storage(job.storage)

@@ -198,6 +198,8 @@ def run_pipeline(job: JobConfig, echo: Callable[[str], None] = print, force: boo
                 skipped.append(stage)
                 results[stage] = rec
                 continue
+            if reason not in ("no record of a finished run", "always runs"):
+                echo(f"== {stage} runs again: {reason} ==")
             results[stage] = run_stage(job, stage, echo)
         parent.tags({"vidtune.skipped": ",".join(skipped)})
         ran = [s for s in job.stages if s not in skipped]

@@ -21,7 +21,7 @@ from typing import Any
 
 from vidtune.config import EvalConfig, JobConfig
 from vidtune.eval.benchmarks import EvalItem
-from vidtune.storage import Storage
+from vidtune.storage import Storage, is_remote
 
 STAGE = "eval"
 
@@ -66,7 +66,7 @@ def _settings(cfg: EvalConfig, job: JobConfig) -> tuple[dict[str, Any], int]:
 def local_annotations(uri: str, work: Path, endpoint_url: str | None) -> str:
     """Annotations on S3 (a file, or MVBench's folder of JSON files) copied beside the driver: they are
     small, and the loaders read them as files. Videos stay where they are and are read by the decoders."""
-    from vidtune.storage import filesystem, is_remote
+    from vidtune.storage import filesystem
 
     if not is_remote(uri):
         return uri
@@ -94,12 +94,12 @@ def load_suites(cfg: EvalConfig, work: Path, endpoint_url: str | None = None) ->
             kwargs["path"] = annotations
         items, skipped = load_benchmark(b.format, **kwargs)
         suites.append(Suite(b.name, items[: b.limit] if b.limit else items, skipped))
-    if cfg.niavh is not None:
-        suites.append(niavh_suite(cfg, work))
     return suites
 
 
-def niavh_suite(cfg: EvalConfig, work: Path) -> Suite:
+def niavh_suite(cfg: EvalConfig, work: Path, storage: Storage) -> Suite:
+    """The NIAVH grid as an eval suite. The videos are generated here, on the driver; with storage on S3
+    they are uploaded there, since the decoding tasks run on other nodes."""
     from vidtune.eval.niavh import Needle, depths_grid, generate_grid
 
     n = cfg.niavh
@@ -113,11 +113,17 @@ def niavh_suite(cfg: EvalConfig, work: Path) -> Suite:
         seed=n.seed,
         max_pixels=n.max_pixels,
     )
+    videos = {g.video: g.video for g in grid}
+    if is_remote(storage.root):
+        target = ("niavh", uuid.uuid4().hex[:8])
+        for local in videos:
+            storage.fs.put(local, storage.path(*target, Path(local).name))
+            videos[local] = storage.uri(*target, Path(local).name)
     items = [
         EvalItem(
             id=g.id,
             benchmark="niavh",
-            video=g.video,
+            video=videos[g.video],
             question=g.question,
             options=g.options,
             answer=g.answer_letter,
@@ -237,6 +243,8 @@ def eval_stage(job: JobConfig, tracker: Any) -> EvalResult:
     sampling, max_pixels = _settings(cfg, job)
     work = Path(tempfile.mkdtemp(prefix="vidtune-eval-"))
     suites = load_suites(cfg, work, job.storage.endpoint_url)
+    if cfg.niavh is not None:
+        suites.append(niavh_suite(cfg, work, storage))
     for suite in suites:
         prepare_suite(suite, storage, sampling, max_pixels, cfg)
         if suite.skipped:
