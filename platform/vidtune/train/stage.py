@@ -139,8 +139,9 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
     name = f"{job.name}-{cfg.output}"
     prepare_run_folder(storage, name, cfg.resume)
     shared = model_path
-    if cfg.model == "tiny" and is_remote(storage.root):
-        # Built on this node's disk; workers and preprocessing tasks on other nodes fetch it from storage.
+    if cfg.model == "tiny":
+        # Built on this node's disk: workers and preprocessing tasks, maybe on other nodes, read it from
+        # storage. It stays there beside the trained model, so `vidtune eval` can grade both.
         shared = storage.uri("models", f"{cfg.output}-base")
         storage.remove(storage.path("models", f"{cfg.output}-base"), recursive=True)
         storage.fs.put(model_path, storage.path("models", f"{cfg.output}-base"), recursive=True)
@@ -211,11 +212,9 @@ def train(job: JobConfig, tracker: Any) -> TrainResult:
     storage.remove(target, recursive=True)
     storage.fs.put(str(local), target, recursive=True)
     if cfg.model == "tiny":
-        # The model before training, beside the trained one: `vidtune eval` grades both (before/after).
-        base = work / "base"
-        (base / "vidtune.json").write_text(json.dumps(settings, indent=2))
-        storage.remove(storage.path("models", f"{cfg.output}-base"), recursive=True)
-        storage.fs.put(str(base), storage.path("models", f"{cfg.output}-base"), recursive=True)
+        storage.write_bytes(
+            json.dumps(settings, indent=2).encode(), "models", f"{cfg.output}-base", "vidtune.json"
+        )
     tracker.folder(local, "model")
     registered = register(cfg.register_as, tracker.run_id) if cfg.register_as else None
     shutil.rmtree(work, ignore_errors=True)
