@@ -333,6 +333,117 @@ def test_rayjob_runtime_env_sets_the_same_places_without_uploading_code():
     assert set(spec["env_vars"]) == set(_runtime_env()["env_vars"]) == ENV_KEYS
 
 
+# --- KubeRay: the RayService --------------------------------------------------------------------------
+
+SERVE_PLACES = {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3"}
+
+
+def _rayservice() -> dict:
+    return _yaml("clusters/kuberay/rayservice.yaml")
+
+
+def _serve_config(service: dict) -> dict:
+    text = service["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "KubeRay takes serveConfigV2 as a string: `serveConfigV2: |`"
+    return yaml.safe_load(text)
+
+
+def _validate_serve_config(raw: dict):
+    """As tests/test_config.py checks serve/*.yaml: Serve's own schema, the app builder, the app's args."""
+    import importlib
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from vidtune.serving.app import AppArgs, build_app
+
+    config = ServeDeploySchema.model_validate(raw)
+    for app in config.applications:
+        module, _, attr = app.import_path.partition(":")
+        assert getattr(importlib.import_module(module), attr) is build_app
+        args = AppArgs(**app.args)
+        assert args.model.startswith("models:/")
+    return config
+
+
+def _without_env(spec: dict) -> dict:
+    spec = copy.deepcopy(spec)
+    for container in _containers(spec):
+        container.pop("env", None)
+    return spec
+
+
+def test_rayservice_cluster_is_the_raycluster_with_the_places():
+    cluster, _ = _kuberay()
+    service = _rayservice()
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    assert service["metadata"]["name"] == "vidtune-serve"
+    spec = service["spec"]["rayClusterConfig"]
+    broken = copy.deepcopy(spec)
+    broken["workerGroupSpecs"][1]["rayStartParams"]["num-gpus"] = "4"
+    assert _without_env(broken) != cluster["spec"]
+    # The RayCluster's spec (its own tests check rayVersion, rayStartParams, groups and the secret) ...
+    assert _without_env(spec) == cluster["spec"]
+    assert spec["rayVersion"] == ray.__version__
+    # ... and, in every container, the places a job gets from its runtime env: the app reads
+    # MLFLOW_TRACKING_URI when it is built (serve/gpu.yaml names no tracking_uri). Credentials stay in
+    # the secret.
+    places = _runtime_env()["env_vars"]
+    for container in _containers(spec):
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert set(env) == SERVE_PLACES, container["name"]
+        assert env == {key: places[key] for key in SERVE_PLACES}, container["name"]
+
+
+def test_rayservice_serve_config_is_serve_gpu_yaml():
+    from pydantic import ValidationError
+
+    raw = _serve_config(_rayservice())
+    (app,) = raw["applications"]
+    for broken in (
+        {**raw, "proxy_location": "Everywhere"},  # (Serve's schema ignores an unknown top-level key)
+        {**raw, "applications": [{**app, "args": {**app["args"], "max_batch": 16}}]},
+    ):
+        with pytest.raises(ValidationError):
+            _validate_serve_config(broken)
+    _validate_serve_config(raw)
+    assert raw == _yaml("serve/gpu.yaml"), "serveConfigV2 is serve/gpu.yaml's content: keep them equal"
+
+
+def test_rayservice_model_replicas_ask_for_the_gpu_group():
+    from vidtune.serving.app import AppArgs, Generator, generator_options, ingress_options
+
+    service = _rayservice()
+    (app,) = _serve_config(service)["applications"]
+    args = AppArgs(**app["args"])
+    # The model is in the Generator deployment; its options come from the args, unless the config's
+    # `deployments` overrides them.
+    model = generator_options(args)
+    override = {d["name"]: d for d in app.get("deployments", [])}.get(Generator.name, {})
+    actor = override.get("ray_actor_options", model["ray_actor_options"])
+    assert actor.get("num_gpus", 0) >= 1, actor
+    assert not ingress_options(args)["ray_actor_options"].get("num_gpus"), "HTTP replicas need no GPU"
+    gpu = _groups(service["spec"]["rayClusterConfig"])["gpu"]
+    most = model.get("autoscaling_config", {}).get("max_replicas", model.get("num_replicas"))
+    assert most * actor["num_gpus"] <= int(gpu["rayStartParams"]["num-gpus"]) * gpu["maxReplicas"]
+
+
+def test_rayservice_header_forwards_its_serve_service():
+    service = _rayservice()
+    port = _serve_config(service)["http_options"]["port"]
+    comments = [
+        line.lstrip("#").strip()
+        for line in (CLUSTERS / "kuberay/rayservice.yaml").read_text().splitlines()
+        if line.startswith("#")
+    ]
+    (forward,) = [_command(line) for line in comments if line.startswith("kubectl port-forward")]
+    # KubeRay names the service of Serve's proxies NAME-serve-svc and gives it the head's `serve` port.
+    assert forward[2:4] == [f"service/{service['metadata']['name']}-serve-svc", f"{port}:{port}"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": port, "name": "serve"} in head["ports"]
+    assert "kubectl apply -f clusters/kuberay/rayservice.yaml" in comments
+    assert any(line.startswith("curl ") and f":{port}/v1/models" in line for line in comments)
+
+
 # --- the image ----------------------------------------------------------------------------------------
 
 
@@ -380,7 +491,9 @@ def test_image_tag_is_the_package_version_everywhere():
     assert {image.rsplit("/", 1)[-1] for image in images} == {tag}, images
 
 
-@pytest.mark.parametrize("rel", ["clusters/runtime-env.yaml", "clusters/kuberay/rayjob.yaml"])
+@pytest.mark.parametrize(
+    "rel", ["clusters/runtime-env.yaml", "clusters/kuberay/rayjob.yaml", "clusters/kuberay/rayservice.yaml"]
+)
 def test_no_credentials_in_shipped_specs(rel):
     # Both are uploaded with the job and shown in the dashboard: a credential key here is a leak.
     for line in (ROOT / rel).read_text().splitlines():
